@@ -1,0 +1,62 @@
+"""The batch-norm cache: references and O(D) statistics, read as a mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+SEED_KEYS = ("x_minus_mean", "normalized_data", "gamma", "ivar", "sqrtvar")
+
+
+class BatchNormCache(Mapping):
+    """What :func:`fastlayers.batchnorm_backward` needs from the forward pass.
+
+    It holds a reference to the forward input ``x`` (no copy), ``gamma``
+    and the per-feature mean and inverse standard deviation in float64.
+    Read as a mapping it offers the seed page's keys (``x_minus_mean``,
+    ``normalized_data``, ``gamma``, ``ivar``, ``sqrtvar``), each computed
+    in the result dtype when asked for, so code written against the seed's
+    dict cache keeps working. As with any cache of references, modifying
+    ``x`` between the forward and the backward call changes the gradient.
+    """
+
+    __slots__ = ("x", "gamma", "mean", "var", "eps", "dtype")
+
+    def __init__(
+        self, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, dtype: np.dtype
+    ) -> None:
+        self.x = x  # C-contiguous (N, D), of dtype `dtype`
+        self.gamma = gamma  # (D,), of dtype `dtype`
+        self.mean = mean  # (D,) float64
+        self.var = var  # (D,) float64, biased
+        self.eps = eps
+        self.dtype = dtype
+
+    @property
+    def ivar(self) -> np.ndarray:
+        """1 / sqrt(var + eps), float64."""
+        return 1.0 / np.sqrt(self.var + self.eps)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key == "gamma":
+            return self.gamma
+        if key == "ivar":
+            return self.ivar.astype(self.dtype)
+        if key == "sqrtvar":
+            return np.sqrt(self.var + self.eps).astype(self.dtype)
+        if key == "x_minus_mean":
+            return (self.x - self.mean).astype(self.dtype)
+        if key == "normalized_data":
+            return ((self.x - self.mean) * self.ivar).astype(self.dtype)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SEED_KEYS)
+
+    def __len__(self) -> int:
+        return len(SEED_KEYS)
+
+    def __repr__(self) -> str:
+        n, d = self.x.shape
+        return f"<BatchNormCache N={n} D={d} dtype={self.dtype}>"

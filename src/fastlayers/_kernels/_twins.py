@@ -1,0 +1,96 @@
+"""Serial and parallel twins of one kernel body, and the choice between them.
+
+numba caches a dispatcher under its function's qualified name, so
+``njit(cache=True)`` and ``njit(cache=True, parallel=True)`` applied to the
+same function share one cache entry and the "serial" twin can end up
+running the parallel code. Each twin is therefore compiled from its own
+copy of the body's function object, with its own ``__qualname__``. In the
+serial twin ``prange`` is plain ``range``; in the parallel one it is a
+parallel loop. Bodies partition their reductions into parts that depend on
+the input's shape only, so both twins compute the same bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numba
+
+# Test hook: "serial" or "parallel" forces every kernel onto that path.
+_forced_path: str | None = None
+
+
+@contextlib.contextmanager
+def forced_path(path: str | None) -> Iterator[None]:
+    """Run every kernel on ``path`` ("serial", "parallel" or None = by size)."""
+    global _forced_path
+    if path not in (None, "serial", "parallel"):
+        raise ValueError(f"path must be 'serial', 'parallel' or None, got {path!r}")
+    previous, _forced_path = _forced_path, path
+    try:
+        yield
+    finally:
+        _forced_path = previous
+
+
+def _renamed_copy(func: types.FunctionType, suffix: str) -> types.FunctionType:
+    copy = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__, func.__closure__
+    )
+    copy.__qualname__ = func.__qualname__ + suffix
+    copy.__module__ = func.__module__
+    copy.__doc__ = func.__doc__
+    return copy
+
+
+class TwinKernel:
+    """A kernel body compiled twice, dispatched by the amount of work.
+
+    ``threshold`` is the work (elements touched) from which the parallel
+    twin wins on the machines we measured; below it a thread launch costs
+    more than it saves.
+    """
+
+    def __init__(self, body: types.FunctionType, threshold: int) -> None:
+        self.name = body.__name__.lstrip("_")
+        self.threshold = threshold
+        self.serial = numba.njit(cache=True)(_renamed_copy(body, "_serial"))
+        self.parallel = numba.njit(cache=True, parallel=True)(_renamed_copy(body, "_parallel"))
+
+    def pick(self, work: int) -> Callable[..., Any]:
+        path = _forced_path
+        if path is None:
+            parallel = work >= self.threshold and numba.get_num_threads() > 1
+            path = "parallel" if parallel else "serial"
+        return self.parallel if path == "parallel" else self.serial
+
+    def __call__(self, work: int, *args: Any) -> Any:
+        return self.pick(work)(*args)
+
+
+def twin(threshold: int) -> Callable[[types.FunctionType], TwinKernel]:
+    """Decorator: ``@twin(threshold)`` over a body that uses ``prange``."""
+
+    def wrap(body: types.FunctionType) -> TwinKernel:
+        return TwinKernel(body, threshold)
+
+    return wrap
+
+
+@numba.njit(inline="always")
+def part_bounds(n_rows: int, n_parts: int, part: int) -> tuple[int, int]:
+    """Rows [start, stop) of ``part`` when n_rows are split into n_parts."""
+    return part * n_rows // n_parts, (part + 1) * n_rows // n_parts
+
+
+def n_row_parts(n_rows: int) -> int:
+    """How many row parts a reduction over ``n_rows`` rows is split into.
+
+    Fixed by the shape alone (never by the thread count) so that results are
+    bitwise reproducible; 32+ rows a part keeps the per-part partials small
+    against the data, and 64 parts feed up to 64 threads.
+    """
+    return max(1, min(64, n_rows // 32))

@@ -1,0 +1,34 @@
+"""ReLU kernels over flat (1-D, contiguous) views: one pass each.
+
+No reduction happens here, so every element is computed the same way on
+any thread and the twins agree bitwise. The comparisons and the product
+mirror NumPy's: ``v < 0`` is False for NaN and -0.0 (both pass through),
+and the backward multiplies dout by a mask of 1 or 0 in dout's dtype, so
+-1·0 = -0.0 and Inf·0 = NaN exactly as ``dout * (x >= 0)`` gives.
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from ._twins import twin
+
+# Elementwise passes: below ~64k elements (512 KiB of float64) a parallel
+# launch costs more than the second core saves.
+ELEMENTWISE_THRESHOLD = 1 << 16
+
+
+@twin(ELEMENTWISE_THRESHOLD)
+def _relu_forward(x, out):
+    zero = out.dtype.type(0)
+    for i in prange(x.size):
+        value = x[i]
+        out[i] = zero if value < 0 else value
+
+
+@twin(ELEMENTWISE_THRESHOLD)
+def _relu_backward(dout, x, dx):
+    one = dx.dtype.type(1)
+    zero = dx.dtype.type(0)
+    for i in prange(dout.size):
+        dx[i] = dout[i] * (one if x[i] >= 0 else zero)

@@ -1,0 +1,394 @@
+"""The public layer functions: validate, pick the kernel by size, call it.
+
+Each function has the seed page's signature and semantics (see
+``fastlayers.reference``); the numeric work happens in ``fastlayers._kernels``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from math import prod
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ._cache import BatchNormCache
+from ._kernels._blas import ensure_blas
+from ._kernels._twins import n_row_parts
+from ._kernels.affine import _affine_backward, _affine_forward
+from ._kernels.batchnorm import (
+    _batchnorm_backward_dx,
+    _batchnorm_backward_sums,
+    _batchnorm_normalize,
+    _batchnorm_stats,
+    block_rows,
+)
+from ._kernels.relu import _relu_backward, _relu_forward
+from ._validation import as_float_array, check_blas_dims, check_ndim, check_shape
+
+__all__ = [
+    "affine_forward",
+    "affine_backward",
+    "relu_forward",
+    "relu_backward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "BatchNormCache",
+]
+
+FloatArray = NDArray[np.floating]
+AffineCache = tuple[Any, Any, Any]
+
+
+def _blas_operand(matrix: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """``matrix`` as gemm can read it: C-contiguous, or the C-contiguous transpose.
+
+    Returns (array, is_transposed); copies only when neither order fits.
+    """
+    if matrix.dtype == dtype:
+        if matrix.flags.c_contiguous:
+            return matrix, False
+        if matrix.flags.f_contiguous:
+            return matrix.T, True
+    return np.ascontiguousarray(matrix, dtype=dtype), False
+
+
+def _affine_operands(func: str, x: np.ndarray, w: np.ndarray) -> tuple[int, int, int]:
+    """Check x (N, d1..dk) against w (D, M); return N, D, M."""
+    if x.ndim < 1:
+        raise ValueError(f"{func}: x must have shape (N, d1, ..., dk), got a 0-d array")
+    check_ndim(w, 2, func, "w", "(D, M)")
+    n = x.shape[0]
+    d = prod(x.shape[1:])
+    if w.shape[0] != d:
+        raise ValueError(
+            f"{func}: w has shape {w.shape} but x of shape {x.shape} has "
+            f"D = {d} features per row, so w needs shape ({d}, M)"
+        )
+    m = w.shape[1]
+    check_blas_dims(func, N=n, D=d, M=m)
+    return n, d, m
+
+
+def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> tuple[FloatArray, AffineCache]:
+    """Forward pass of an affine (fully connected) layer.
+
+    Parameters
+    ----------
+    x : array, shape (N, d1, ..., dk)
+        A minibatch of N inputs; each row is flattened to D = d1 * ... * dk.
+    w : array, shape (D, M)
+        Weights.
+    b : array, shape (M,)
+        Biases.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+        ``x.reshape(N, D) @ w + b``, in the result dtype of x, w and b.
+    cache : tuple
+        ``(x, w, b)``: the arguments themselves, for :func:`affine_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> x = np.ones((2, 3, 4)); w = np.full((12, 5), 0.5); b = np.arange(5.0)
+    >>> out, cache = fastlayers.affine_forward(x, w, b)
+    >>> out[0]
+    array([ 6.,  7.,  8.,  9., 10.])
+    """
+    func = "affine_forward"
+    xa = as_float_array(x, func, "x")
+    wa = as_float_array(w, func, "w")
+    ba = as_float_array(b, func, "b")
+    n, d, m = _affine_operands(func, xa, wa)
+    check_shape(ba, (m,), func, "b", f"w of shape {wa.shape}")
+    dtype = np.result_type(xa, wa, ba)
+    x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
+    w_op, w_is_t = _blas_operand(wa, dtype)
+    out = np.empty((n, m), dtype=dtype)
+    ensure_blas()
+    _affine_forward(n * m, x_op, x_is_t, w_op, w_is_t, np.ascontiguousarray(ba, dtype=dtype), out)
+    return out, (x, w, b)
+
+
+def affine_backward(dout: ArrayLike, cache: AffineCache) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Backward pass of an affine layer.
+
+    Parameters
+    ----------
+    dout : array, shape (N, M)
+        Upstream gradient.
+    cache : tuple
+        ``(x, w, b)`` from :func:`affine_forward`.
+
+    Returns
+    -------
+    dx : ndarray, x's shape
+        ``dout @ w.T`` reshaped to x's shape.
+    dw : ndarray, shape (D, M)
+        ``x.reshape(N, D).T @ dout``.
+    db : ndarray, shape (M,)
+        ``dout`` summed over rows (in dout's dtype).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> out, cache = fastlayers.affine_forward(np.ones((2, 3)), np.ones((3, 4)), np.zeros(4))
+    >>> dx, dw, db = fastlayers.affine_backward(np.ones((2, 4)), cache)
+    >>> dx.shape, dw.shape, db
+    ((2, 3), (3, 4), array([2., 2., 2., 2.]))
+    """
+    func = "affine_backward"
+    if not isinstance(cache, (tuple, list)) or len(cache) != 3:
+        raise ValueError(
+            f"{func}: cache must be the (x, w, b) tuple returned by affine_forward, "
+            f"got {type(cache).__name__}"
+        )
+    douta = as_float_array(dout, func, "dout")
+    xa = as_float_array(cache[0], func, "cache x")
+    wa = as_float_array(cache[1], func, "cache w")
+    n, d, m = _affine_operands(func, xa, wa)
+    check_shape(douta, (n, m), func, "dout", f"affine_forward's output for x {xa.shape} and w {wa.shape}")
+    dtype = np.result_type(douta, xa, wa)
+    x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
+    w_op, w_is_t = _blas_operand(wa, dtype)
+    dx = np.empty((n, d), dtype=dtype)
+    dw = np.empty((d, m), dtype=dtype)
+    db = np.empty(m, dtype=douta.dtype)
+    ensure_blas()
+    _affine_backward(
+        n * m, np.ascontiguousarray(douta, dtype=dtype), x_op, x_is_t, w_op, w_is_t, n_row_parts(n), dx, dw, db
+    )
+    return dx.reshape(xa.shape), dw, db
+
+
+def _flat_pair(first: np.ndarray, second: np.ndarray, out_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat views of ``first`` and ``second`` in one memory order, and an output.
+
+    The order is Fortran when ``first`` is Fortran-contiguous (and not C),
+    else C; an input that is not contiguous in that order is copied.
+    Returns (first_flat, second_flat, out, out_flat).
+    """
+    order = "F" if first.flags.f_contiguous and not first.flags.c_contiguous else "C"
+    first = np.asarray(first, order=order)
+    second = np.asarray(second, order=order)
+    out = np.empty(first.shape, dtype=out_dtype, order=order)
+    return first.reshape(-1, order=order), second.reshape(-1, order=order), out, out.reshape(-1, order=order)
+
+
+def relu_forward(x: ArrayLike) -> tuple[FloatArray, Any]:
+    """Forward pass of a layer of rectified linear units.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : ndarray, x's shape and dtype
+        x with entries ``< 0`` set to 0; NaN and -0.0 pass through unchanged.
+        Integer and bool inputs give float64 (the seed page keeps them integral).
+    cache : x itself, for :func:`relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> out, cache = fastlayers.relu_forward(np.array([-2.0, -0.0, 0.5, np.nan]))
+    >>> out
+    array([ 0. , -0. ,  0.5,  nan])
+    """
+    xa = as_float_array(x, "relu_forward", "x")
+    x_flat, _, out, out_flat = _flat_pair(xa, xa, xa.dtype)
+    _relu_forward(xa.size, x_flat, out_flat)
+    return out, x
+
+
+def relu_backward(dout: ArrayLike, cache: Any) -> FloatArray:
+    """Backward pass of a ReLU layer: ``dx = dout * (x >= 0)``.
+
+    Parameters
+    ----------
+    dout : array, any shape
+        Upstream gradient.
+    cache : array, dout's shape
+        The input x of :func:`relu_forward`.
+
+    Returns
+    -------
+    dx : ndarray, dout's shape and dtype
+        Computed as a product, so NaN and Inf in dout propagate as in NumPy
+        (Inf where x < 0 gives NaN).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> out, cache = fastlayers.relu_forward(np.array([-1.0, 0.0, 2.0]))
+    >>> fastlayers.relu_backward(np.array([5.0, 5.0, 5.0]), cache)
+    array([0., 5., 5.])
+    """
+    func = "relu_backward"
+    douta = as_float_array(dout, func, "dout")
+    xa = as_float_array(cache, func, "cache (relu_forward's x)")
+    check_shape(douta, xa.shape, func, "dout", f"the cache (relu_forward's x of shape {xa.shape})")
+    dout_flat, x_flat, dx, dx_flat = _flat_pair(douta, xa, douta.dtype)
+    _relu_backward(douta.size, dout_flat, x_flat, dx_flat)
+    return dx
+
+
+def _real_param(bn_param: MutableMapping[str, Any], key: str, default: float) -> float:
+    value = bn_param.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"batchnorm_forward: bn_param[{key!r}] must be a real number, got {value!r}"
+        ) from None
+
+
+def _running_stat(bn_param: MutableMapping[str, Any], key: str, d: int, dtype: np.dtype) -> np.ndarray:
+    if key not in bn_param:
+        return np.zeros(d, dtype=dtype)
+    stat = as_float_array(bn_param[key], "batchnorm_forward", f"bn_param[{key!r}]")
+    check_shape(stat, (d,), "batchnorm_forward", f"bn_param[{key!r}]", f"x with D = {d}")
+    return stat
+
+
+def batchnorm_forward(
+    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any]
+) -> tuple[FloatArray, BatchNormCache | None]:
+    """Forward pass of batch normalization.
+
+    Parameters
+    ----------
+    x : array, shape (N, D)
+    gamma, beta : arrays, shape (D,)
+        Scale and shift.
+    bn_param : dict
+        ``'mode'``: ``'train'`` or ``'test'`` (required); ``'eps'`` (default
+        1e-5); ``'momentum'`` (default 0.9); ``'running_mean'`` and
+        ``'running_var'``, shape (D,) (default zeros of x's dtype).
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+        Train: ``gamma * (x - mean) / sqrt(var + eps) + beta`` with the batch's
+        mean and biased variance; test: the same with the running statistics.
+    cache : BatchNormCache or None
+        Train mode: the cache for :func:`batchnorm_backward` (a read-only
+        mapping with the seed page's keys); test mode: None.
+
+    In train mode ``bn_param['running_mean']`` and ``['running_var']`` are
+    rebound to new arrays ``momentum * running + (1 - momentum) * sample``;
+    the arrays that were there are never modified.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    >>> bn_param = {"mode": "train"}
+    >>> out, cache = fastlayers.batchnorm_forward(x, np.ones(2), np.zeros(2), bn_param)
+    >>> np.round(out, 4)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> bn_param["running_mean"]
+    array([0.2, 0.4])
+    """
+    func = "batchnorm_forward"
+    if not isinstance(bn_param, MutableMapping):
+        raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
+    try:
+        mode = bn_param["mode"]
+    except KeyError:
+        raise KeyError(f"{func}: bn_param['mode'] is required ('train' or 'test')") from None
+    if mode not in ("train", "test"):
+        raise ValueError(f'{func}: Invalid forward batchnorm mode "{mode}" in bn_param[\'mode\']; use "train" or "test"')
+    xa = as_float_array(x, func, "x")
+    check_ndim(xa, 2, func, "x", "(N, D)")
+    n, d = xa.shape
+    gamma_a = as_float_array(gamma, func, "gamma")
+    beta_a = as_float_array(beta, func, "beta")
+    check_shape(gamma_a, (d,), func, "gamma", f"x of shape {xa.shape}")
+    check_shape(beta_a, (d,), func, "beta", f"x of shape {xa.shape}")
+    eps = _real_param(bn_param, "eps", 1e-5)
+    momentum = _real_param(bn_param, "momentum", 0.9)
+    running_mean = _running_stat(bn_param, "running_mean", d, xa.dtype)
+    running_var = _running_stat(bn_param, "running_var", d, xa.dtype)
+
+    x_c = np.ascontiguousarray(xa)
+    gamma64 = gamma_a.astype(np.float64)
+    beta64 = beta_a.astype(np.float64)
+    cache = None
+    if mode == "train":
+        if n == 0:
+            raise ValueError(f"{func}: x has shape {xa.shape}; train mode needs N >= 1 rows for batch statistics")
+        dtype = np.result_type(xa, gamma_a, beta_a)
+        mean = np.empty(d)
+        var = np.empty(d)
+        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d), mean, var)
+        cache = BatchNormCache(x_c, gamma_a, mean, var, eps, dtype)
+        center, scale = mean, gamma64 * cache.ivar
+        # The seed's sample statistics have x's dtype; so do its running updates.
+        running_mean = momentum * running_mean + (1 - momentum) * mean.astype(xa.dtype)
+        running_var = momentum * running_var + (1 - momentum) * var.astype(xa.dtype)
+    else:
+        dtype = np.result_type(xa, gamma_a, beta_a, running_mean, running_var)
+        center = running_mean.astype(np.float64)
+        scale = gamma64 / np.sqrt(running_var.astype(np.float64) + eps)
+    out = np.empty((n, d), dtype=dtype)
+    _batchnorm_normalize(n * d, x_c, center, scale, beta64, out)
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, cache
+
+
+def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Backward pass of train-mode batch normalization.
+
+    Parameters
+    ----------
+    dout : array, shape (N, D)
+        Upstream gradient.
+    cache : BatchNormCache
+        From :func:`batchnorm_forward` in train mode.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+        ``gamma*ivar/N * (N*dout - sum(dout) - xhat*sum(dout*xhat))``.
+    dgamma : ndarray, shape (D,)
+        ``sum(dout * xhat)`` over rows.
+    dbeta : ndarray, shape (D,)
+        ``sum(dout)`` over rows (in dout's dtype).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    >>> out, cache = fastlayers.batchnorm_forward(x, np.ones(2), np.zeros(2), {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastlayers.batchnorm_backward(np.ones((2, 2)), cache)
+    >>> dbeta
+    array([2., 2.])
+    """
+    func = "batchnorm_backward"
+    if not isinstance(cache, BatchNormCache):
+        raise ValueError(
+            f"{func}: cache must be the cache returned by fastlayers.batchnorm_forward "
+            f"in train mode, got {type(cache).__name__}"
+        )
+    douta = as_float_array(dout, func, "dout")
+    check_shape(douta, cache.x.shape, func, "dout", "the forward pass's x")
+    n, d = douta.shape
+    dtype = np.result_type(douta, cache.dtype)
+    dout_c = np.ascontiguousarray(douta)
+    sum_dout = np.empty(d)
+    sum_dout_xmu = np.empty(d)
+    _batchnorm_backward_sums(n * d, dout_c, cache.x, cache.mean, n_row_parts(n), sum_dout, sum_dout_xmu)
+    ivar = cache.ivar
+    gain = cache.gamma.astype(np.float64) * ivar
+    offset = sum_dout / n
+    slope = ivar * ivar * sum_dout_xmu / n
+    dx = np.empty((n, d), dtype=dtype)
+    _batchnorm_backward_dx(n * d, dout_c, cache.x, cache.mean, gain, offset, slope, dx)
+    return dx, (ivar * sum_dout_xmu).astype(dtype), sum_dout.astype(douta.dtype)

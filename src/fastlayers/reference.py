@@ -23,10 +23,16 @@ __all__ = [
 ]
 
 
+def _row_size(x: np.ndarray) -> int:
+    # The seed reshapes to [N, -1], which NumPy cannot resolve when N = 0;
+    # the explicit D = d1 * ... * dk gives the same view and handles it.
+    return int(np.prod(x.shape[1:]))
+
+
 def affine_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
     """out = x.reshape(N, D) @ w + b; cache = (x, w, b)."""
     n = x.shape[0]
-    reshaped_input = np.reshape(x, [n, -1])
+    reshaped_input = np.reshape(x, [n, _row_size(x)])
     out = np.dot(reshaped_input, w) + b
     cache = (x, w, b)
     return out, cache
@@ -36,7 +42,7 @@ def affine_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndar
     """Gradients (dx, dw, db) of :func:`affine_forward`."""
     x, w, b = cache
     n = x.shape[0]
-    reshaped_x = np.reshape(x, [n, -1])
+    reshaped_x = np.reshape(x, [n, _row_size(x)])
     dx = np.dot(dout, w.T)
     dx = np.reshape(dx, x.shape)
     dw = np.dot(reshaped_x.T, dout)

@@ -1,0 +1,82 @@
+"""One table of the six layers, driving both the tests and the benchmarks.
+
+Each entry pairs a fastlayers function with its twin in
+``fastlayers.reference`` and knows how to build seeded inputs of a given
+size for either implementation (a backward entry runs the matching forward
+to obtain its cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import layers, reference
+
+# Benchmark sizes: (N, D) for ReLU and batch norm, (N, D, M) for affine.
+SIZES: dict[str, dict[str, tuple[int, ...]]] = {
+    "small": {"nd": (64, 100), "affine": (64, 100, 10)},
+    "medium": {"nd": (256, 4096), "affine": (256, 1024, 1024)},
+    "large": {"nd": (4096, 4096), "affine": (1024, 3072, 1024)},
+}
+
+IMPLEMENTATIONS = {"fastlayers": layers, "reference": reference}
+
+
+def _affine_inputs(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> dict[str, np.ndarray]:
+    n, d, m = shape
+    return {
+        "x": rng.standard_normal((n, d)).astype(dtype),
+        "w": (rng.standard_normal((d, m)) / np.sqrt(max(d, 1))).astype(dtype),
+        "b": rng.standard_normal(m).astype(dtype),
+        "dout": rng.standard_normal((n, m)).astype(dtype),
+    }
+
+
+def _nd_inputs(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> dict[str, np.ndarray]:
+    n, d = shape
+    return {
+        "x": (rng.standard_normal((n, d)) * 2.0 + 0.5).astype(dtype),
+        "gamma": rng.standard_normal(d).astype(dtype),
+        "beta": rng.standard_normal(d).astype(dtype),
+        "dout": rng.standard_normal((n, d)).astype(dtype),
+    }
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One public function: its name, input family and argument builder."""
+
+    name: str
+    family: str  # "affine" or "nd"
+    args: Callable[[Any, dict[str, np.ndarray]], tuple]
+
+    def function(self, implementation: str) -> Callable[..., Any]:
+        return getattr(IMPLEMENTATIONS[implementation], self.name)
+
+    def inputs(self, rng: np.random.Generator, size: str | tuple[int, ...], dtype: Any) -> dict[str, np.ndarray]:
+        shape = SIZES[size][self.family] if isinstance(size, str) else size
+        maker = _affine_inputs if self.family == "affine" else _nd_inputs
+        return maker(rng, shape, dtype)
+
+    def call_args(self, implementation: str, inputs: dict[str, np.ndarray]) -> tuple:
+        """Arguments for this layer's function in ``implementation``."""
+        return self.args(IMPLEMENTATIONS[implementation], inputs)
+
+
+LAYERS = [
+    Layer("affine_forward", "affine", lambda impl, a: (a["x"], a["w"], a["b"])),
+    Layer("affine_backward", "affine",
+          lambda impl, a: (a["dout"], impl.affine_forward(a["x"], a["w"], a["b"])[1])),
+    Layer("relu_forward", "nd", lambda impl, a: (a["x"],)),
+    Layer("relu_backward", "nd", lambda impl, a: (a["dout"], impl.relu_forward(a["x"])[1])),
+    Layer("batchnorm_forward", "nd",
+          lambda impl, a: (a["x"], a["gamma"], a["beta"], {"mode": "train"})),
+    Layer("batchnorm_backward", "nd",
+          lambda impl, a: (a["dout"], impl.batchnorm_forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})[1])),
+]
+
+BY_NAME = {layer.name: layer for layer in LAYERS}

@@ -1,0 +1,71 @@
+"""The package surface: __all__, version, typing marker, doctests, helpers."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.metadata
+import importlib.resources
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+import fastlayers.layers
+
+
+def test_public_api():
+    for name in ("affine_forward", "affine_backward", "relu_forward", "relu_backward",
+                 "batchnorm_forward", "batchnorm_backward"):
+        assert name in fl.__all__
+        function = getattr(fl, name)
+        assert function.__doc__ and "Examples" in function.__doc__
+        assert function.__annotations__
+    assert all(hasattr(fl, name) for name in fl.__all__)
+    assert isinstance(fl.__version__, str) and fl.__version__.count(".") == 2
+
+
+def test_py_typed_marker_is_installed():
+    assert importlib.resources.files("fastlayers").joinpath("py.typed").is_file()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(fastlayers.layers, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 6 and result.failed == 0
+
+
+def test_threading_layer_is_named():
+    assert fl.threading_layer() in ("tbb", "omp", "workqueue")
+
+
+def test_threading_layer_is_tbb_when_installed():
+    try:
+        importlib.metadata.distribution("tbb")
+        expected = "tbb"
+    except importlib.metadata.PackageNotFoundError:  # tbb is a dependency on x86-64 only
+        expected = None
+    code = "import fastlayers; print(fastlayers.threading_layer())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected if expected else out.stdout.strip() in ("omp", "workqueue")
+
+
+def test_set_num_threads_validates_and_applies():
+    before = fl.get_num_threads()
+    with pytest.raises(ValueError, match="set_num_threads"):
+        fl.set_num_threads(0)
+    with pytest.raises(TypeError, match="set_num_threads"):
+        fl.set_num_threads(1.5)
+    try:
+        fl.set_num_threads(1)
+        assert fl.get_num_threads() == 1
+        out, _ = fl.relu_forward(-np.ones(200_000))  # parallel size, one thread: still right
+        assert not out.any()
+    finally:
+        fl.set_num_threads(before)
+
+
+def test_warmup_validates_dtypes():
+    with pytest.raises(TypeError, match="warmup"):
+        fl.warmup(dtypes=("float16",))
+    fl.warmup(dtypes=("float64",))

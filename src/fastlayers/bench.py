@@ -1,0 +1,382 @@
+"""``python -m fastlayers bench``: fastlayers against its baselines, in one run.
+
+For every function, dtype and size it times fastlayers, the NumPy reference
+(the seed page) and, when importable, PyTorch CPU, alternating the three
+call by call and taking medians after a warm-up call, so compile time never
+enters a figure. In the same run it measures the machine's ceilings: the
+copy bandwidth (a parallel copy into a reused array), the first-touch cost
+of each fresh output, and NumPy's bare ``x @ w`` for the affine shapes.
+Memory-bound kernels are reported as "% of floor" (floor / time, where the
+floor is the bytes the kernel must move over the copy bandwidth plus the
+first-touch cost of its outputs); the affine layer as its time over the bare
+products'. Compile time is measured on its own, in fresh processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import __version__
+from ._table import LAYERS, SIZES, Layer
+
+DTYPES = ("float32", "float64")
+
+# Bytes each memory-bound kernel must move, in units of one (N, D) array:
+# ReLU fwd reads x, writes out; bwd reads dout and x, writes dx; batch-norm
+# fwd reads x for the statistics, again to normalise, writes out; bwd reads
+# dout and x for the reductions, both again for dx, writes dx.
+ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "batchnorm_backward": 5}
+FRESH_OUTPUTS = {"relu_forward": 1, "relu_backward": 1, "batchnorm_forward": 1, "batchnorm_backward": 1}
+
+
+@numba.njit(parallel=True, cache=True)
+def _parallel_copy(source, target):
+    for i in numba.prange(source.size):
+        target[i] = source[i]
+
+
+def _median_time(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _alternate(calls: dict[str, Callable[[], Any]], repeats: int, budget: float) -> dict[str, float]:
+    """Median seconds of each call, measured in turn, after one warm-up each."""
+    for call in calls.values():
+        call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    for round_ in range(repeats):
+        for name, call in calls.items():
+            samples[name].append(_median_time(call))
+        if round_ >= 2 and time.perf_counter() - started > budget:
+            break
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+@dataclass
+class Row:
+    function: str
+    dtype: str
+    size: str
+    shape: tuple[int, ...]
+    fastlayers_s: float
+    reference_s: float
+    torch_s: float | None = None
+    bytes_moved: int | None = None
+    floor_s: float | None = None
+    blas_s: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_s / self.fastlayers_s
+
+
+@dataclass
+class Ceilings:
+    """The machine's limits, by "size/dtype" of one (N, D) array."""
+
+    copy_bandwidth_gbs: dict[str, float]
+    first_touch_s: dict[str, float]
+
+
+def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], Any] | None:
+    """The PyTorch CPU counterpart of ``layer``, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    functional = torch.nn.functional
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    name = layer.name
+    if name == "affine_forward":
+        return lambda: torch.addmm(t["b"], t["x"], t["w"])
+    if name == "relu_forward":
+        return lambda: torch.relu(t["x"])
+    if name == "batchnorm_forward":
+        return lambda: functional.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True)
+    # Backward: autograd through the forward graph, kept for reuse.
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"}
+    if name == "affine_backward":
+        out = torch.addmm(leaves["b"], leaves["x"], leaves["w"])
+        inputs_ = [leaves["x"], leaves["w"], leaves["b"]]
+    elif name == "relu_backward":
+        out = torch.relu(leaves["x"])
+        inputs_ = [leaves["x"]]
+    else:
+        out = functional.batch_norm(leaves["x"], None, None, leaves["gamma"], leaves["beta"], training=True)
+        inputs_ = [leaves["x"], leaves["gamma"], leaves["beta"]]
+    return lambda: torch.autograd.grad(out, inputs_, grad_outputs=t["dout"], retain_graph=True)
+
+
+def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 9) -> tuple[float, float]:
+    """Copy bandwidth (GB/s, read + write) and first-touch seconds for one array.
+
+    The bandwidth is that of the faster of a parallel copy and NumPy's
+    serial ``copyto`` of an array of ``shape`` into a reused array (so a
+    size that fits in cache gets its cache bandwidth, and a tiny one is not
+    charged a thread launch); the first-touch cost is a copy into a fresh
+    ``np.empty`` minus the same copy into the reused array.
+    """
+    source = np.ones(int(np.prod(shape)), dtype=dtype)
+    reused = np.empty_like(source)
+    times = _alternate(
+        {
+            "fresh": lambda: _parallel_copy(source, np.empty_like(source)),
+            "reused": lambda: _parallel_copy(source, reused),
+            "serial": lambda: np.copyto(reused, source),
+        },
+        repeats,
+        2.0,
+    )
+    copy_s = min(times["reused"], times["serial"])
+    return 2 * source.nbytes / copy_s / 1e9, max(0.0, times["fresh"] - times["reused"])
+
+
+def _blas_baseline(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
+    x, w, dout = inputs["x"], inputs["w"], inputs["dout"]
+    if layer.name == "affine_forward":
+        return lambda: x @ w
+    return lambda: (dout @ w.T, x.T @ dout)
+
+
+def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: int, budget: float,
+              with_torch: bool) -> Row:
+    rng = np.random.default_rng(0)
+    inputs = layer.inputs(rng, size, dtype)
+    calls: dict[str, Callable[[], Any]] = {}
+    for implementation in ("fastlayers", "reference"):
+        function = layer.function(implementation)
+        args = layer.call_args(implementation, inputs)
+        calls[implementation] = lambda function=function, args=args: function(*args)
+    torch_call = _torch_calls(layer, inputs) if with_torch else None
+    if torch_call is not None:
+        calls["torch"] = torch_call
+    if layer.family == "affine":
+        calls["blas"] = _blas_baseline(layer, inputs)
+    with np.errstate(all="ignore"):
+        times = _alternate(calls, repeats, budget)
+    shape = SIZES[size][layer.family]
+    row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
+              blas_s=times.get("blas"))
+    if layer.name in ARRAY_PASSES:
+        array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        row.bytes_moved = ARRAY_PASSES[layer.name] * array_bytes
+        touch = ceilings.first_touch_s[f"{size}/{dtype}"] * FRESH_OUTPUTS[layer.name]
+        bandwidth = ceilings.copy_bandwidth_gbs[f"{size}/{dtype}"]
+        row.floor_s = row.bytes_moved / (bandwidth * 1e9) + touch
+    return row
+
+
+def measure_compile(cold: bool) -> dict[str, float]:
+    """Seconds for a new process to import fastlayers and call all six once.
+
+    ``cold``: with an empty NUMBA_CACHE_DIR, so every kernel compiles (both
+    twins, both dtypes, via ``warmup``); then the same again with that cache
+    now warm. Without ``cold`` only the warm figure, with the default cache
+    (run twice, the second reported, so it is warm even on a first run).
+    """
+    script = (
+        "import time; t0 = time.perf_counter()\n"
+        "import numpy as np, fastlayers as fl\n"
+        "t1 = time.perf_counter()\n"
+        "import sys\n"
+        "if sys.argv[1] == 'all':\n"
+        "    fl.warmup()\n"
+        "else:\n"
+        "    x = np.ones((8, 4)); out, c = fl.affine_forward(x, np.ones((4, 4)), np.ones(4)); fl.affine_backward(out, c)\n"
+        "    out, c = fl.relu_forward(x); fl.relu_backward(out, c)\n"
+        "    out, c = fl.batchnorm_forward(x, np.ones(4), np.ones(4), {'mode': 'train'}); fl.batchnorm_backward(out, c)\n"
+        "print(t1 - t0, time.perf_counter() - t0)\n"
+    )
+
+    def run(env: dict[str, str], what: str) -> tuple[float, float]:
+        done = subprocess.run([sys.executable, "-c", script, what], env=env, capture_output=True, text=True,
+                              check=True)
+        import_s, total_s = map(float, done.stdout.split())
+        return import_s, total_s
+
+    result: dict[str, float] = {}
+    env = dict(os.environ)
+    if cold:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            env["NUMBA_CACHE_DIR"] = cache_dir
+            result["cold_compile_all_s"] = run(env, "all")[1]
+            run(env, "six")  # the warm run below measures the six calls
+            result["import_s"], result["warm_first_calls_s"] = run(env, "six")
+    else:
+        run(env, "six")
+        result["import_s"], result["warm_first_calls_s"] = run(env, "six")
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_table(rows: list[Row], has_torch: bool) -> str:
+    header = ["function", "dtype", "size", "fastlayers", "reference", "speed-up"]
+    if has_torch:
+        header += ["torch", "vs torch"]
+    header += ["vs machine"]
+    lines = [header]
+    for row in rows:
+        cells = [row.function, row.dtype, row.size, _fmt_time(row.fastlayers_s), _fmt_time(row.reference_s),
+                 f"{row.speedup:.1f}x"]
+        if has_torch:
+            cells += [_fmt_time(row.torch_s), f"{row.torch_s / row.fastlayers_s:.2f}x" if row.torch_s else "-"]
+        if row.floor_s is not None:
+            cells.append(f"{100 * row.floor_s / row.fastlayers_s:.0f}% of floor ({row.bytes_moved / 1e6:.1f} MB)")
+        elif row.blas_s is not None:
+            bare = "x@w" if row.function == "affine_forward" else "2 products"
+            cells.append(f"{row.fastlayers_s / row.blas_s:.2f}x bare {bare}")
+        else:
+            cells.append("-")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    """Time against work, log-log, one panel per function (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [layer.name for layer in LAYERS]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    for ax, name in zip(axes.flat, names):
+        for dtype, style in zip(DTYPES, ("--", "-")):
+            selected = sorted((r for r in rows if r.function == name and r.dtype == dtype),
+                              key=lambda r: int(np.prod(r.shape)))
+            if not selected:
+                continue
+            work = [int(np.prod(r.shape)) for r in selected]
+            ax.plot(work, [r.fastlayers_s for r in selected], "o" + style, color="C0", label=f"fastlayers {dtype}")
+            ax.plot(work, [r.reference_s for r in selected], "s" + style, color="C1", label=f"reference {dtype}")
+            if any(r.torch_s for r in selected):
+                ax.plot(work, [r.torch_s for r in selected], "^" + style, color="C2", label=f"torch {dtype}")
+            floors = [r.floor_s or r.blas_s for r in selected]
+            if all(floors):
+                label = "floor" if selected[0].floor_s else "bare BLAS"
+                ax.plot(work, floors, style, color="k", alpha=0.6, label=f"{label} {dtype}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("elements (N*D, or N*D*M for affine)")
+        ax.set_ylabel("seconds (median)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def run(args: Any) -> int:
+    sizes = ["small", "medium"] if args.quick and args.size == "all" else (
+        list(SIZES) if args.size == "all" else [args.size])
+    dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
+    repeats, budget = (5, 0.5) if args.quick else (args.repeat, 3.0)
+    try:
+        import torch  # noqa: F401
+
+        has_torch = not args.no_torch
+    except ImportError:
+        has_torch = False
+
+    def progress(message: str) -> None:
+        print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
+
+    from . import get_num_threads, threading_layer
+
+    progress("warming up kernels")
+    from . import warmup
+
+    warmup(tuple(dtypes))
+    ceilings = Ceilings({}, {})
+    for size in sizes:
+        for dtype in dtypes:
+            progress(f"measuring copy bandwidth and first-touch cost, {size} {dtype}")
+            key = f"{size}/{dtype}"
+            ceilings.copy_bandwidth_gbs[key], ceilings.first_touch_s[key] = measure_ceilings(
+                SIZES[size]["nd"], dtype)
+
+    rows = []
+    plan = [(layer, dtype, size) for size in sizes for dtype in dtypes for layer in LAYERS]
+    for index, (layer, dtype, size) in enumerate(plan, 1):
+        progress(f"[{index}/{len(plan)}] {layer.name} {dtype} {size}")
+        rows.append(bench_row(layer, dtype, size, ceilings, repeats, budget, has_torch))
+    progress("measuring compile time in fresh processes")
+    compile_times = measure_compile(cold=not args.quick)
+    progress("")
+    print("", file=sys.stderr)
+
+    print(f"fastlayers {__version__} bench: numpy {np.__version__}, numba {numba.__version__}, "
+          f"threading layer {threading_layer()}, {get_num_threads()} threads, "
+          f"{os.cpu_count()} cores ({_cpu_model()})")
+    print("copy bandwidth (parallel copy of one (N, D) array into a reused one): " + ", ".join(
+        f"{key} {value:.1f} GB/s" for key, value in ceilings.copy_bandwidth_gbs.items()))
+    print(f"medians of up to {repeats} alternating repeats after a warm-up call; "
+          f"% of floor = (bytes / copy bandwidth + first touch of fresh outputs) / time\n")
+    print(format_table(rows, has_torch))
+    print()
+    if "cold_compile_all_s" in compile_times:
+        print(f"compile, cold (every kernel, both twins, {'/'.join(DTYPES)}): "
+              f"{compile_times['cold_compile_all_s']:.1f} s")
+    print(f"new process, on-disk cache warm: import {compile_times['import_s']:.2f} s, "
+          f"import + first call of all six {compile_times['warm_first_calls_s']:.2f} s")
+    sizes_text = ", ".join(f"{name} {SIZES[name]['nd'][0]}x{SIZES[name]['nd'][1]} "
+                           f"(affine {'x'.join(map(str, SIZES[name]['affine']))})" for name in sizes)
+    print(f"sizes: {sizes_text}")
+
+    if args.json:
+        document = {
+            "version": __version__, "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "threads": get_num_threads(), "threading_layer": threading_layer(),
+            "ceilings": asdict(ceilings), "compile": compile_times,
+            "rows": [dict(asdict(r), speedup=r.speedup) for r in rows],
+        }
+        with open(args.json, "w") as handle:
+            json.dump(document, handle, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot(rows, args.plot)
+        except ImportError:
+            print("--plot needs matplotlib: pip install 'fastlayers[bench]'", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}")
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 import importlib.metadata
 import importlib.resources
 import subprocess
@@ -69,3 +70,10 @@ def test_warmup_validates_dtypes():
     with pytest.raises(TypeError, match="warmup"):
         fl.warmup(dtypes=("float16",))
     fl.warmup(dtypes=("float64",))
+
+
+def test_ci_tests_the_installed_package():
+    """Under CI the package comes from the built wheel, not from src/."""
+    if not os.environ.get("CI"):
+        return
+    assert "site-packages" in fastlayers.__file__, fastlayers.__file__

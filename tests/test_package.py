@@ -77,3 +77,34 @@ def test_ci_tests_the_installed_package():
     if not os.environ.get("CI"):
         return
     assert "site-packages" in fastlayers.__file__, fastlayers.__file__
+
+
+def test_blas_is_numpys_own_when_possible():
+    from fastlayers._kernels._blas import ensure_blas
+
+    int_type = ensure_blas()
+    assert int_type in (np.int32, np.int64)
+    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if config.get("name") == "scipy-openblas" and "64" in str(config.get("openblas configuration", "")):
+        assert int_type == np.int64  # NumPy's ILP64 OpenBLAS, one thread pool shared with x @ w
+
+
+def test_scipy_blas_fallback_computes_the_same():
+    """Where NumPy's BLAS cannot be found, SciPy's LP64 gemm serves."""
+    code = (
+        "import numpy as np\n"
+        "import fastlayers._kernels._blas as blas\n"
+        "blas._bind_numpy_ilp64 = lambda: False\n"
+        "import fastlayers as fl\n"
+        "assert blas.ensure_blas() is np.int32\n"
+        "rng = np.random.default_rng(1)\n"
+        "x, w, b = rng.standard_normal((30, 20)), rng.standard_normal((20, 10)), rng.standard_normal(10)\n"
+        "out, cache = fl.affine_forward(x, w, b)\n"
+        "dx, dw, db = fl.affine_backward(np.ones((30, 10)), cache)\n"
+        "assert np.allclose(out, x @ w + b, rtol=1e-12, atol=1e-12)\n"
+        "assert np.allclose(dw, x.T @ np.ones((30, 10)), rtol=1e-12, atol=1e-12)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -91,5 +91,5 @@ def set_num_threads(n: int) -> None:
 
     from ._kernels._blas import ensure_blas
 
-    ensure_blas()  # load SciPy's BLAS so that threadpoolctl sees it too
+    ensure_blas()  # load the BLAS our kernels call, so that threadpoolctl sees it too
     threadpool_limits(limits=n, user_api="blas")

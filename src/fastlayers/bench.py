@@ -37,9 +37,9 @@ DTYPES = ("float32", "float64")
 # Bytes each memory-bound kernel must move, in units of one (N, D) array:
 # ReLU fwd reads x, writes out; bwd reads dout and x, writes dx; batch-norm
 # fwd reads x for the statistics, again to normalise, writes out; bwd reads
-# dout and x for the reductions, both again for dx, writes dx.
+# dout and x for the reductions, both again for dx, writes dx. Each has one
+# fresh (N, D) output, whose first-touch cost the floor includes.
 ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "batchnorm_backward": 5}
-FRESH_OUTPUTS = {"relu_forward": 1, "relu_backward": 1, "batchnorm_forward": 1, "batchnorm_backward": 1}
 
 
 @numba.njit(parallel=True, cache=True)
@@ -48,7 +48,7 @@ def _parallel_copy(source, target):
         target[i] = source[i]
 
 
-def _median_time(call: Callable[[], Any]) -> float:
+def _seconds(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -62,7 +62,7 @@ def _alternate(calls: dict[str, Callable[[], Any]], repeats: int, budget: float)
     started = time.perf_counter()
     for round_ in range(repeats):
         for name, call in calls.items():
-            samples[name].append(_median_time(call))
+            samples[name].append(_seconds(call))
         if round_ >= 2 and time.perf_counter() - started > budget:
             break
     return {name: statistics.median(times) for name, times in samples.items()}
@@ -177,7 +177,7 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
     if layer.name in ARRAY_PASSES:
         array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         row.bytes_moved = ARRAY_PASSES[layer.name] * array_bytes
-        touch = ceilings.first_touch_s[f"{size}/{dtype}"] * FRESH_OUTPUTS[layer.name]
+        touch = ceilings.first_touch_s[f"{size}/{dtype}"]
         bandwidth = ceilings.copy_bandwidth_gbs[f"{size}/{dtype}"]
         row.floor_s = row.bytes_moved / (bandwidth * 1e9) + touch
     return row

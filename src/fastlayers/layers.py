@@ -108,8 +108,8 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> tuple[FloatArray
     x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
     w_op, w_is_t = _blas_operand(wa, dtype)
     out = np.empty((n, m), dtype=dtype)
-    ensure_blas()
-    _affine_forward(n * m, x_op, x_is_t, w_op, w_is_t, np.ascontiguousarray(ba, dtype=dtype), out)
+    blas_int = ensure_blas()(0)
+    _affine_forward(n * m, blas_int, x_op, x_is_t, w_op, w_is_t, np.ascontiguousarray(ba, dtype=dtype), out)
     return out, (x, w, b)
 
 
@@ -157,9 +157,9 @@ def affine_backward(dout: ArrayLike, cache: AffineCache) -> tuple[FloatArray, Fl
     dx = np.empty((n, d), dtype=dtype)
     dw = np.empty((d, m), dtype=dtype)
     db = np.empty(m, dtype=douta.dtype)
-    ensure_blas()
+    blas_int = ensure_blas()(0)
     _affine_backward(
-        n * m, np.ascontiguousarray(douta, dtype=dtype), x_op, x_is_t, w_op, w_is_t, n_row_parts(n), dx, dw, db
+        n * m, blas_int, np.ascontiguousarray(douta, dtype=dtype), x_op, x_is_t, w_op, w_is_t, n_row_parts(n), dx, dw, db
     )
     return dx.reshape(xa.shape), dw, db
 

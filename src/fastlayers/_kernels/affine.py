@@ -20,7 +20,7 @@ AFFINE_THRESHOLD = 1 << 16
 
 
 @twin(AFFINE_THRESHOLD)
-def _affine_forward(x, x_is_t, w, w_is_t, b, out):
+def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, out):
     """out (N, M) = x (N, D) @ w (D, M) + b, as gemm over a bias-filled out."""
     n, m = out.shape
     d = x.shape[0] if x_is_t else x.shape[1]
@@ -30,14 +30,14 @@ def _affine_forward(x, x_is_t, w, w_is_t, b, out):
     if n == 0 or m == 0 or d == 0:
         return
     # out^T (M x N) = op(w) (M x D) . op(x) (D x N), beta = 1 keeps the bias.
-    gemm(w_is_t, x_is_t, m, n, d,
+    gemm(blas_int, w_is_t, x_is_t, m, n, d,
          w, d if w_is_t else m,
          x, n if x_is_t else d,
          1.0, out, m)
 
 
 @twin(AFFINE_THRESHOLD)
-def _affine_backward(dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
+def _affine_backward(blas_int, dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
     """dx = dout @ w.T, dw = x.T @ dout, db = dout summed over rows."""
     n, m = dout.shape
     d = dw.shape[0]
@@ -59,8 +59,8 @@ def _affine_backward(dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
         return
     if n > 0 and d > 0:
         # dx^T (D x N) = op(w) (D x M) . dout^T (M x N)
-        gemm(not w_is_t, False, d, n, m, w, d if w_is_t else m, dout, m, 0.0, dx, d)
+        gemm(blas_int, not w_is_t, False, d, n, m, w, d if w_is_t else m, dout, m, 0.0, dx, d)
         # dw^T (M x D) = dout^T (M x N) . op(x) (N x D)
-        gemm(False, not x_is_t, m, d, n, dout, m, x, n if x_is_t else d, 0.0, dw, m)
+        gemm(blas_int, False, not x_is_t, m, d, n, dout, m, x, n if x_is_t else d, 0.0, dw, m)
     else:
         dw[:] = 0.0

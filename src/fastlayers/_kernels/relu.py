@@ -13,8 +13,9 @@ from numba import prange
 
 from ._twins import twin
 
-# Elementwise passes: below ~64k elements (512 KiB of float64) a parallel
-# launch costs more than the second core saves.
+# Elementwise passes: the parallel twin wins from ~64k elements. Measured
+# (ReLU forward, float64, 2 cores, tbb, median of 41; serial/parallel us):
+# 32768: 7.0/9.1, 65536: 15.5/12.0, 131072: 29.2/23.0.
 ELEMENTWISE_THRESHOLD = 1 << 16
 
 

@@ -22,6 +22,12 @@ def _bn_cache():
     return fl.batchnorm_forward(X, GAMMA, GAMMA, {"mode": "train"})[1]
 
 
+def _tampered_bn_cache():
+    cache = _bn_cache()
+    cache.mean = np.zeros(1000)  # would be read out of bounds by the kernel
+    return cache
+
+
 CASES = {
     # affine_forward
     "affine x 0-d": (lambda: fl.affine_forward(np.float64(1.0), W, B), ValueError, "x"),
@@ -72,6 +78,7 @@ CASES = {
         lambda: fl.batchnorm_backward(X, ref.batchnorm_forward(X, GAMMA, GAMMA, {"mode": "train"})[1]),
         ValueError, "cache must be the cache returned by fastlayers.batchnorm_forward"),
     "bn cache None (test mode)": (lambda: fl.batchnorm_backward(X, None), ValueError, "cache"),
+    "bn cache tampered": (lambda: fl.batchnorm_backward(X, _tampered_bn_cache()), ValueError, "cache is a BatchNormCache"),
     "bn dout complex": (lambda: fl.batchnorm_backward(X.astype(complex), _bn_cache()), TypeError, "dout has dtype complex128"),
 }
 

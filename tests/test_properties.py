@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -10,7 +11,13 @@ from hypothesis.extra import numpy as hnp
 import fastlayers as fl
 from fastlayers import reference as ref
 
-from conftest import bitwise_equal, normwise_error
+from fastlayers._kernels._twins import forced_path
+
+from conftest import PATHS, bitwise_equal, normwise_error
+
+# Hypothesis and function-scoped fixtures do not mix, so each test takes the
+# kernel path as a parameter and forces it inside.
+over_paths = pytest.mark.parametrize("kernel_path", PATHS)
 
 dims = st.integers(min_value=1, max_value=40)
 values = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=64)
@@ -28,8 +35,14 @@ def _tolerance(dtype) -> float:
     return 1e-10 if dtype == np.float64 else 1e-3
 
 
+@over_paths
 @given(st.data(), dims, dims, dims, dtypes)
-def test_affine_property(data, n, d, m, dtype):
+def test_affine_property(kernel_path, data, n, d, m, dtype):
+    with forced_path(kernel_path):
+        _test_affine_property(data, n, d, m, dtype)
+
+
+def _test_affine_property(data, n, d, m, dtype):
     x = _array(data.draw, (n, d), dtype)
     w = _array(data.draw, (d, m), dtype)
     b = _array(data.draw, (m,), dtype)
@@ -40,8 +53,14 @@ def test_affine_property(data, n, d, m, dtype):
         assert normwise_error(ours, theirs) <= _tolerance(dtype)
 
 
+@over_paths
 @given(st.data(), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9), dtypes)
-def test_relu_property(data, shape, dtype):
+def test_relu_property(kernel_path, data, shape, dtype):
+    with forced_path(kernel_path):
+        _test_relu_property(data, shape, dtype)
+
+
+def _test_relu_property(data, shape, dtype):
     elements = st.floats(allow_nan=True, allow_infinity=True, width=32)
     x = data.draw(hnp.arrays(dtype, shape, elements=elements))
     dout = data.draw(hnp.arrays(dtype, shape, elements=elements))
@@ -52,8 +71,14 @@ def test_relu_property(data, shape, dtype):
     assert bitwise_equal(fl.relu_backward(dout, cache), expected)
 
 
+@over_paths
 @given(st.data(), dims, dims, dtypes)
-def test_batchnorm_property(data, n, d, dtype):
+def test_batchnorm_property(kernel_path, data, n, d, dtype):
+    with forced_path(kernel_path):
+        _test_batchnorm_property(data, n, d, dtype)
+
+
+def _test_batchnorm_property(data, n, d, dtype):
     x = _array(data.draw, (n, d), dtype)
     gamma = _array(data.draw, (d,), dtype)
     beta = _array(data.draw, (d,), dtype)

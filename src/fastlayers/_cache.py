@@ -33,6 +33,23 @@ class BatchNormCache(Mapping):
         self.eps = eps
         self.dtype = dtype
 
+    def check(self, func: str) -> None:
+        """Raise ValueError if the cache's parts no longer fit together.
+
+        The kernels trust these shapes and dtypes (numba does not check
+        bounds), so a cache whose attributes were replaced is refused here.
+        """
+        x = self.x
+        ok = isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+        d = x.shape[1] if ok else -1
+        for name in ("gamma", "mean", "var"):
+            part = getattr(self, name)
+            ok = ok and isinstance(part, np.ndarray) and part.shape == (d,) and part.dtype.kind == "f"
+        ok = ok and self.mean.dtype == np.float64 and self.var.dtype == np.float64
+        if not ok:
+            raise ValueError(f"{func}: cache is a BatchNormCache whose contents were altered; "
+                             "pass the cache batchnorm_forward returned")
+
     @property
     def ivar(self) -> np.ndarray:
         """1 / sqrt(var + eps), float64."""

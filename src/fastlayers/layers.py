@@ -377,6 +377,7 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArr
             f"{func}: cache must be the cache returned by fastlayers.batchnorm_forward "
             f"in train mode, got {type(cache).__name__}"
         )
+    cache.check(func)
     douta = as_float_array(dout, func, "dout")
     check_shape(douta, cache.x.shape, func, "dout", "the forward pass's x")
     n, d = douta.shape

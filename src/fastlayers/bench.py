@@ -1,9 +1,9 @@
 """``python -m fastlayers bench``: fastlayers against its baselines, in one run.
 
-For every function, dtype and size it times fastlayers, the NumPy reference
-(the seed page) and, when importable, PyTorch CPU, alternating the three
-call by call and taking medians after a warm-up call, so compile time never
-enters a figure. In the same run it measures the machine's ceilings: the
+For every function, dtype and size it times fastlayers and the NumPy
+reference (the seed page), alternating them call by call and taking medians
+after a warm-up call, so compile time never enters a figure; PyTorch CPU,
+when importable, is timed right after in a block of its own. In the same run it measures the machine's ceilings: the
 copy bandwidth (a parallel copy into a reused array), the first-touch cost
 of each fresh output, and NumPy's bare ``x @ w`` for the affine shapes.
 Memory-bound kernels are reported as "% of floor" (floor / time, where the
@@ -164,13 +164,16 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
         function = layer.function(implementation)
         args = layer.call_args(implementation, inputs)
         calls[implementation] = lambda function=function, args=args: function(*args)
-    torch_call = _torch_calls(layer, inputs) if with_torch else None
-    if torch_call is not None:
-        calls["torch"] = torch_call
     if layer.family == "affine":
         calls["blas"] = _blas_baseline(layer, inputs)
     with np.errstate(all="ignore"):
         times = _alternate(calls, repeats, budget)
+    torch_call = _torch_calls(layer, inputs) if with_torch else None
+    if torch_call is not None:
+        # Timed in a block of its own: PyTorch's OpenMP threads spin after
+        # each call and, interleaved, slowed the other calls 2x here.
+        times.update(_alternate({"torch": torch_call}, repeats, budget))
+        time.sleep(0.5)  # let them go idle before the next measurement
     shape = SIZES[size][layer.family]
     row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
               blas_s=times.get("blas"))

@@ -39,11 +39,6 @@ def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
     )
 
 
-def result_dtype(*arrays: np.ndarray) -> np.dtype:
-    """The dtype NumPy would give to arithmetic among ``arrays``."""
-    return np.result_type(*arrays)
-
-
 def check_ndim(array: np.ndarray, ndim: int, func: str, name: str, shape_hint: str) -> None:
     if array.ndim != ndim:
         raise ValueError(
@@ -65,8 +60,3 @@ def check_blas_dims(func: str, **dims: int) -> None:
             raise ValueError(
                 f"{func}: dimension {name}={size} exceeds the BLAS limit of {_MAX_BLAS_DIM}"
             )
-
-
-def c_contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array`` as a C-contiguous array of ``dtype``, copying only if needed."""
-    return np.ascontiguousarray(array, dtype=dtype)

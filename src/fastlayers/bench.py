@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numba
@@ -80,7 +80,6 @@ class Row:
     bytes_moved: int | None = None
     floor_s: float | None = None
     blas_s: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:

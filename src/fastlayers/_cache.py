@@ -12,8 +12,10 @@ SEED_KEYS = ("x_minus_mean", "normalized_data", "gamma", "ivar", "sqrtvar")
 class BatchNormCache(Mapping):
     """What :func:`fastlayers.batchnorm_backward` needs from the forward pass.
 
-    It holds a reference to the forward input ``x`` (no copy), ``gamma``
-    and the per-feature mean and inverse standard deviation in float64.
+    It holds the forward input ``x`` by reference when it was a
+    C-contiguous float32/float64 array (any other layout or an integer
+    dtype is held as the one C-contiguous float copy the kernels read),
+    ``gamma``, and the per-feature mean and biased variance in float64.
     Read as a mapping it offers the seed page's keys (``x_minus_mean``,
     ``normalized_data``, ``gamma``, ``ivar``, ``sqrtvar``), each computed
     in the result dtype when asked for, so code written against the seed's
@@ -26,7 +28,7 @@ class BatchNormCache(Mapping):
     def __init__(
         self, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, dtype: np.dtype
     ) -> None:
-        self.x = x  # C-contiguous (N, D), of dtype `dtype`
+        self.x = x  # C-contiguous (N, D), float32 or float64
         self.gamma = gamma  # (D,), of dtype `dtype`
         self.mean = mean  # (D,) float64
         self.var = var  # (D,) float64, biased

@@ -53,10 +53,12 @@ class BatchNormCache(Mapping):
                              "pass the cache batchnorm_forward returned")
 
     @property
+    @np.errstate(all="ignore")  # IEEE results, silent, like the kernels
     def ivar(self) -> np.ndarray:
         """1 / sqrt(var + eps), float64."""
         return 1.0 / np.sqrt(self.var + self.eps)
 
+    @np.errstate(all="ignore")
     def __getitem__(self, key: str) -> np.ndarray:
         if key == "gamma":
             return self.gamma
@@ -77,5 +79,5 @@ class BatchNormCache(Mapping):
         return len(SEED_KEYS)
 
     def __repr__(self) -> str:
-        n, d = self.x.shape
-        return f"<BatchNormCache N={n} D={d} dtype={self.dtype}>"
+        shape = getattr(self.x, "shape", None)  # robust to a tampered cache
+        return f"<BatchNormCache x.shape={shape} dtype={self.dtype}>"

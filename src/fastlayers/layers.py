@@ -255,6 +255,10 @@ def _running_stat(bn_param: MutableMapping[str, Any], key: str, d: int, dtype: n
     return stat
 
 
+# The O(D) NumPy steps below follow IEEE arithmetic like the kernels do and
+# stay silent on NaN/Inf/overflow, as the kernels are (no RuntimeWarning that
+# a warnings-as-errors caller would get as an exception from some steps only).
+@np.errstate(all="ignore")
 def batchnorm_forward(
     x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any]
 ) -> tuple[FloatArray, BatchNormCache | None]:
@@ -302,7 +306,7 @@ def batchnorm_forward(
         mode = bn_param["mode"]
     except KeyError:
         raise KeyError(f"{func}: bn_param['mode'] is required ('train' or 'test')") from None
-    if mode not in ("train", "test"):
+    if not isinstance(mode, str) or mode not in ("train", "test"):
         raise ValueError(f'{func}: Invalid forward batchnorm mode "{mode}" in bn_param[\'mode\']; use "train" or "test"')
     xa = as_float_array(x, func, "x")
     check_ndim(xa, 2, func, "x", "(N, D)")
@@ -343,6 +347,7 @@ def batchnorm_forward(
     return out, cache
 
 
+@np.errstate(all="ignore")
 def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Backward pass of train-mode batch normalization.
 

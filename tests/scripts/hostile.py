@@ -1,0 +1,243 @@
+"""Hostile input for all six functions, driven by hypothesis.
+
+Run in a subprocess by tests/test_hostile.py, so that a crash (a segfault
+from an out-of-bounds read, an abort) fails that test instead of killing
+the test run. Every call must either return float arrays of the reference's
+shapes (ReLU: the reference's values, bit for bit) or raise ValueError,
+TypeError or KeyError with a message that starts with the function's name;
+the caller's arrays and bn_param must come back unmodified.
+
+Prints the number of cases run and how many returned / raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import sys
+import warnings
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fastlayers as fl
+from fastlayers import reference as ref
+
+DOCUMENTED = (ValueError, TypeError, KeyError)
+tally: collections.Counter = collections.Counter()
+
+FLOAT_VALUES = {
+    np.float32: st.floats(width=32, allow_nan=True, allow_infinity=True),
+    np.float64: st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                          st.sampled_from([1e308, -1e308, 5e-324, 1e-300, 1e300])),
+}
+DTYPES = [np.float32, np.float64, np.int64, np.bool_, np.float16, np.complex128, np.longdouble]
+shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
+
+
+def elements_for(dtype):
+    if dtype in FLOAT_VALUES:
+        return FLOAT_VALUES[dtype]
+    return None  # hypothesis's default elements for that dtype
+
+
+@st.composite
+def arrays(draw, shape=None, dtypes=DTYPES):
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(shapes) if shape is None else shape
+    array = draw(hnp.arrays(dtype, shape, elements=elements_for(dtype)))
+    layout = draw(st.sampled_from(["C", "F", "reversed", "strided", "readonly", "broadcast", "list"]))
+    if layout == "F":
+        return np.asfortranarray(array)
+    if layout == "reversed" and array.ndim:
+        return array[::-1]
+    if layout == "strided" and array.ndim:
+        wide = np.zeros(array.shape[:-1] + (2 * array.shape[-1],), array.dtype)
+        wide[..., ::2] = array
+        return wide[..., ::2]
+    if layout == "readonly":
+        array.setflags(write=False)
+    if layout == "broadcast" and array.ndim and array.shape[0] > 0:
+        # Overlapping memory: every row is the same row.
+        return np.broadcast_to(array[:1], array.shape)
+    if layout == "list" and array.dtype.kind in "fib" and array.size < 50:
+        return array.tolist()
+    return array
+
+
+float_arrays = st.sampled_from([np.float32, np.float64])
+
+
+@st.composite
+def affine_args(draw):
+    if draw(st.booleans()):  # consistent shapes, hostile values
+        n, d, m = (draw(st.integers(0, 6)) for _ in range(3))
+        x = draw(arrays(shape=(n, d), dtypes=[np.float32, np.float64]))
+        w = draw(arrays(shape=(d, m), dtypes=[np.float32, np.float64]))
+        b = draw(arrays(shape=(m,), dtypes=[np.float32, np.float64]))
+        return x, w, b
+    return draw(arrays()), draw(arrays()), draw(arrays())
+
+
+@st.composite
+def bn_params(draw, d):
+    param: dict = {}
+    mode = draw(st.sampled_from(["train", "test", "train", "eval", None, 3, ["train"], np.array(["train"]), "missing"]))
+    if mode != "missing":
+        param["mode"] = mode
+    if draw(st.booleans()):
+        param["eps"] = draw(st.sampled_from([1e-5, 0.0, -1.0, "big", None, np.float32(1e-3), [1e-5]]))
+    if draw(st.booleans()):
+        param["momentum"] = draw(st.sampled_from([0.9, 0.0, 1.0, 2.0, None, "x"]))
+    for key in ("running_mean", "running_var"):
+        if draw(st.booleans()):
+            param[key] = draw(st.one_of(arrays(shape=(d,)), arrays()))
+    return param
+
+
+@st.composite
+def bn_args(draw):
+    if draw(st.booleans()):
+        n, d = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+        x = draw(arrays(shape=(n, d), dtypes=[np.float32, np.float64]))
+        gamma = draw(arrays(shape=(d,), dtypes=[np.float32, np.float64]))
+        beta = draw(arrays(shape=(d,), dtypes=[np.float32, np.float64]))
+        return x, gamma, beta, draw(bn_params(d))
+    x = draw(arrays())
+    d = np.shape(x)[1] if np.ndim(x) == 2 else 3
+    return x, draw(arrays()), draw(arrays()), draw(st.one_of(bn_params(d), st.sampled_from([None, "train", []])))
+
+
+def foreign_caches(draw, kind):
+    choices = [None, (), {"x": 1}, "cache", np.ones(3), (np.ones(3), np.ones(3)),
+               ref.batchnorm_forward(np.ones((4, 3)), np.ones(3), np.zeros(3), {"mode": "train"})[1],
+               (np.ones((4, 3)), np.ones((3, 2)), np.ones(2))]
+    if kind == "bn":
+        cache = fl.batchnorm_forward(np.arange(12.0).reshape(4, 3), np.ones(3), np.zeros(3), {"mode": "train"})[1]
+        attribute = draw(st.sampled_from(["mean", "var", "gamma", "x"]))
+        setattr(cache, attribute, draw(arrays()))  # tampered
+        choices.append(cache)
+    return draw(st.sampled_from(choices))
+
+
+def fingerprint(value) -> bytes:
+    digest = hashlib.sha256()
+
+    def add(item):
+        if isinstance(item, np.ndarray):
+            digest.update(repr((item.dtype.str, item.shape, item.strides)).encode())
+            if item.dtype != object:
+                digest.update(np.ascontiguousarray(item).tobytes())
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                digest.update(repr(key).encode())
+                add(item[key])
+        elif isinstance(item, (list, tuple)):
+            for element in item:
+                add(element)
+        else:
+            digest.update(repr(item).encode())
+
+    add(value)
+    return digest.digest()
+
+
+def _arrays(name, result) -> list:
+    """The computed arrays of a call (a forward's cache left out)."""
+    if name == "relu_backward":
+        return [np.asarray(result)]
+    if name.endswith("_forward"):
+        return [np.asarray(result[0])]
+    return [np.asarray(r) for r in result]
+
+
+def check(name, args):
+    tally["cases"] += 1
+    # What the caller holds: the arguments, and the values bn_param held
+    # (batchnorm_forward may rebind bn_param's entries, never modify them).
+    held = [a for a in args if not isinstance(a, dict)] + [list(a.values()) for a in args if isinstance(a, dict)]
+    before, dicts_before = fingerprint(held), fingerprint([a for a in args if isinstance(a, dict)])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # fastlayers itself stays silent
+            result = getattr(fl, name)(*args)
+    except DOCUMENTED as exc:
+        message = str(exc).strip("'\"")
+        assert message.startswith(name), f"{name}: {type(exc).__name__} without the function's name: {message}"
+        assert "numba" not in message.lower(), message
+        tally["raised"] += 1
+        assert fingerprint(held) == before, f"{name} modified its arguments before raising"
+        assert fingerprint([a for a in args if isinstance(a, dict)]) == dicts_before, f"{name} changed bn_param"
+        return
+    tally["returned"] += 1
+    assert fingerprint(held) == before, f"{name} modified an argument or an array bn_param held"
+    outputs = _arrays(name, result)
+    for output in outputs:
+        assert output.dtype in (np.float32, np.float64), output.dtype
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        # The documented conversion: integer and bool inputs become float64 first.
+        reference_args = [np.asarray(a) if isinstance(a, (list, bool, int, float)) else a for a in args]
+        reference_args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind in "iub" else a
+                          for a in reference_args]
+        try:
+            expected = getattr(ref, name)(*reference_args)
+        except Exception:
+            tally["reference raised, we returned"] += 1
+            return
+    expected_outputs = _arrays(name, expected)
+    for ours, theirs in zip(outputs, expected_outputs):
+        assert ours.shape == np.shape(theirs), (name, ours.shape, np.shape(theirs))
+        if name.startswith("relu"):
+            assert ours.tobytes() == np.ascontiguousarray(theirs).tobytes(), name
+
+
+@st.composite
+def calls(draw):
+    name = draw(st.sampled_from(["affine_forward", "affine_backward", "relu_forward", "relu_backward",
+                                 "batchnorm_forward", "batchnorm_backward"]))
+    if name == "affine_forward":
+        return name, draw(affine_args())
+    if name == "relu_forward":
+        return name, (draw(arrays()),)
+    if name == "batchnorm_forward":
+        return name, draw(bn_args())
+    if name == "relu_backward":
+        x = draw(arrays())
+        dout = draw(st.one_of(arrays(shape=np.shape(x)), arrays()))
+        return name, (dout, draw(st.one_of(st.just(x), st.builds(lambda: foreign_caches(draw, "relu")))))
+    if name == "affine_backward":
+        x, w, b = draw(affine_args())
+        try:
+            cache = fl.affine_forward(x, w, b)[1]
+            n, m = np.shape(x)[0], np.shape(w)[1]
+        except DOCUMENTED:
+            cache, n, m = (x, w, b), 2, 2
+        dout = draw(st.one_of(arrays(shape=(n, m)), arrays()))
+        return name, (dout, cache if draw(st.booleans()) else foreign_caches(draw, "affine"))
+    x, gamma, beta, _ = draw(bn_args())
+    try:
+        cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})[1]
+        shape = cache.x.shape
+    except DOCUMENTED:
+        cache, shape = None, (2, 2)
+    dout = draw(st.one_of(arrays(shape=shape), arrays()))
+    return name, (dout, cache if draw(st.booleans()) else foreign_caches(draw, "bn"))
+
+
+def main(examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(calls())
+    def hostile(call):
+        name, args = call
+        check(name, args)
+
+    hostile()
+    print(" ".join(f"{key.replace(' ', '_')}={value}" for key, value in sorted(tally.items())))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)

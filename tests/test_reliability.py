@@ -1,0 +1,183 @@
+"""Concurrency, fork safety, thread-count determinism, edge numerics and leaks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+from fastlayers import reference as ref
+from fastlayers._kernels._twins import forced_path
+from fastlayers._table import LAYERS
+
+from conftest import bitwise_equal, normwise_error
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def _run_script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _outputs(result) -> list[np.ndarray]:
+    if isinstance(result, np.ndarray):
+        return [result]
+    return [r for r in result if isinstance(r, np.ndarray)]
+
+
+def test_concurrent_callers_get_single_threaded_bits():
+    """Eight Python threads run all six functions on the parallel path at once."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for layer in LAYERS:
+        shape = (300, 240, 200) if layer.family == "affine" else (400, 300)
+        inputs = layer.inputs(rng, shape, "float64")
+        cases.append((layer, inputs))
+    with forced_path("parallel"):
+        expected = [_outputs(layer.function("fastlayers")(*layer.call_args("fastlayers", inputs)))
+                    for layer, inputs in cases]
+        failures: list[str] = []
+        calls = [0]
+        deadline = time.monotonic() + 3.0
+
+        def worker(offset: int) -> None:
+            try:
+                step = offset
+                while time.monotonic() < deadline:
+                    layer, inputs = cases[step % len(cases)]
+                    got = _outputs(layer.function("fastlayers")(*layer.call_args("fastlayers", inputs)))
+                    if not all(bitwise_equal(a, b) for a, b in zip(got, expected[step % len(cases)])):
+                        failures.append(layer.name)
+                    calls[0] += 1
+                    step += 1
+            except Exception as exc:  # reported below, not swallowed
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert calls[0] >= 8 * len(cases)
+
+
+def test_pools_after_parallel_work_fork_spawn_forkserver():
+    out = _run_script("pools.py", timeout=400).split("\n")
+    assert out[0] == f"layer {fl.threading_layer()}"
+    assert out[1:4] == ["fork ok", "spawn ok", "forkserver ok"]
+
+
+def test_same_bits_for_numba_thread_counts_1_2_4():
+    """NUMBA_NUM_THREADS (read at import) 1, 2 and 4, BLAS threads fixed: one answer."""
+    lines = [
+        _run_script("fingerprint.py", "--numba-threads", str(n), env={"NUMBA_NUM_THREADS": str(n)}).split()
+        for n in (1, 2, 4)
+    ]
+    assert [line[0] for line in lines] == ["1", "2", "4"]
+    assert len({line[2] for line in lines}) == 1
+
+
+def test_same_bits_after_set_num_threads(rng):
+    """numba.set_num_threads below the maximum, in this process."""
+    import numba
+
+    x = rng.standard_normal((2000, 300))
+    dout = rng.standard_normal((2000, 300))
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for n in sorted({1, before}):
+            numba.set_num_threads(n)
+            with forced_path("parallel"):
+                out, cache = fl.batchnorm_forward(x, np.ones(300), np.zeros(300), {"mode": "train"})
+                results.append([out, *fl.batchnorm_backward(dout, cache), fl.relu_forward(x)[0]])
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(results[0], results[-1]):
+        assert bitwise_equal(a, b)
+
+
+def test_float32_batchnorm_large_mean_matches_float64():
+    """x = 1e4 + noise(std 1): float64 accumulation keeps float32 within 1e-5."""
+    rng = np.random.default_rng(5)
+    x32 = (1e4 + rng.standard_normal((2048, 64))).astype(np.float32)
+    gamma, beta = np.ones(64, np.float32), np.zeros(64, np.float32)
+    dout = rng.standard_normal((2048, 64)).astype(np.float32)
+    x64 = x32.astype(np.float64)
+    out64, cache64 = ref.batchnorm_forward(x64, gamma.astype(np.float64), beta.astype(np.float64), {"mode": "train"})
+    grads64 = ref.batchnorm_backward(dout.astype(np.float64), cache64)
+    seed_out32, _ = ref.batchnorm_forward(x32, gamma, beta, {"mode": "train"})
+    for path in ("serial", "parallel"):
+        with forced_path(path):
+            out32, cache = fl.batchnorm_forward(x32, gamma, beta, {"mode": "train"})
+            grads32 = fl.batchnorm_backward(dout, cache)
+        assert normwise_error(out32, out64) <= 1e-5
+        for ours, exact in zip(grads32, grads64):
+            assert normwise_error(ours, exact) <= 1e-5
+    # The seed's float32 arithmetic misses by orders of magnitude (why we accumulate in float64).
+    assert normwise_error(seed_out32, out64) > 1e-3
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_propagate_like_the_reference(bad):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((50, 6))
+    x[7, 2] = bad
+    dout = rng.standard_normal((50, 6))
+    dout[3, 4] = bad
+    gamma, beta = np.ones(6), np.zeros(6)
+    with np.errstate(all="ignore"):
+        out_ref, cache_ref = ref.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        grads_ref = ref.batchnorm_backward(dout, cache_ref)
+        affine_ref = ref.affine_forward(x, rng.standard_normal((6, 3)), np.zeros(3))
+    out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    grads = fl.batchnorm_backward(dout, cache)
+    affine = fl.affine_forward(*affine_ref[1])
+    # Forward outputs: NaN, +Inf and -Inf at exactly the reference's places.
+    for ours, theirs in zip([out, affine[0], grads[2]], [out_ref, affine_ref[0], grads_ref[2]]):
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(theirs))
+        np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs))
+    # dx and dgamma: non-finite at the same places. Where dout holds +-Inf the
+    # reference's 10 steps turn the whole column into NaN (Inf - Inf in dmu);
+    # the closed form gives the same column non-finite, a mix of NaN and Inf.
+    for ours, theirs in zip(grads[:2], grads_ref[:2]):
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+        if np.isnan(bad):
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc (Linux)")
+def test_repeated_calls_leave_memory_flat():
+    rng = np.random.default_rng(2)
+    cases = [(layer, layer.inputs(rng, (64, 100, 10) if layer.family == "affine" else (64, 100), "float64"))
+             for layer in LAYERS]
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            for layer, inputs in cases:
+                layer.function("fastlayers")(*layer.call_args("fastlayers", inputs))
+
+    run(300)  # warm up: compile, allocator pools
+    before = _rss_bytes()
+    run(3000)
+    grown = _rss_bytes() - before
+    # 3000 rounds allocate ~1 GB in total; a leak of even one output per round would show.
+    assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"

@@ -395,6 +395,11 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArr
     gain = cache.gamma.astype(np.float64) * ivar
     offset = sum_dout / n
     slope = ivar * ivar * sum_dout_xmu / n
+    # A feature whose sums are not finite (Inf or NaN in dout) has no defined
+    # gradient: NaN across the column, as the seed's 10 steps give (their dmu
+    # is Inf - Inf), rather than the closed form's mix of NaN and +-Inf.
+    undefined = ~(np.isfinite(offset) & np.isfinite(slope))
+    offset[undefined] = np.nan
     dx = np.empty((n, d), dtype=dtype)
     _batchnorm_backward_dx(n * d, dout_c, cache.x, cache.mean, gain, offset, slope, dx)
     return dx, (ivar * sum_dout_xmu).astype(dtype), sum_dout.astype(douta.dtype)

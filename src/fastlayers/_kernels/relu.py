@@ -24,7 +24,7 @@ def _relu_forward(x, out):
     zero = out.dtype.type(0)
     for i in prange(x.size):
         value = x[i]
-        out[i] = zero if value < 0 else value
+        out[i] = zero if value < zero else value  # typed zero: LLVM vectorises this to vmaxps
 
 
 @twin(ELEMENTWISE_THRESHOLD)

@@ -174,3 +174,19 @@ def test_repeated_calls_leave_memory_flat():
     grown = _rss_bytes() - before
     # 3000 rounds allocate ~1 GB in total; a leak of even one output per round would show.
     assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
+def test_zero_eps_constant_feature_divides_like_numpy():
+    """var + eps = 0: IEEE division (Inf, then NaN) as in the reference, never ZeroDivisionError."""
+    x = np.array([[1.0, 2.0], [1.0, 3.0]])
+    params, params_ref = {"mode": "train", "eps": 0.0}, {"mode": "train", "eps": 0.0}
+    for path in ("serial", "parallel"):
+        with forced_path(path):
+            out, cache = fl.batchnorm_forward(x, np.ones(2), np.zeros(2), dict(params))
+            grads = fl.batchnorm_backward(np.ones((2, 2)), cache)
+        with np.errstate(all="ignore"):
+            out_ref, cache_ref = ref.batchnorm_forward(x, np.ones(2), np.zeros(2), dict(params_ref))
+            grads_ref = ref.batchnorm_backward(np.ones((2, 2)), cache_ref)
+        for ours, theirs in zip([out, *grads], [out_ref, *grads_ref]):
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+            np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))

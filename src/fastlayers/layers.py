@@ -17,13 +17,7 @@ from ._cache import BatchNormCache
 from ._kernels._blas import ensure_blas
 from ._kernels._twins import n_row_parts
 from ._kernels.affine import _affine_backward, _affine_forward
-from ._kernels.batchnorm import (
-    _batchnorm_backward_dx,
-    _batchnorm_backward_sums,
-    _batchnorm_normalize,
-    _batchnorm_stats,
-    block_rows,
-)
+from ._kernels.batchnorm import _batchnorm_backward, _batchnorm_normalize, _batchnorm_stats, block_rows
 from ._kernels.relu import _relu_backward, _relu_forward
 from ._validation import as_float_array, check_blas_dims, check_ndim, check_shape
 
@@ -171,6 +165,9 @@ def _flat_pair(first: np.ndarray, second: np.ndarray, out_dtype: np.dtype) -> tu
     else C; an input that is not contiguous in that order is copied.
     Returns (first_flat, second_flat, out, out_flat).
     """
+    if first.flags.c_contiguous and second.flags.c_contiguous:  # the common case, kept cheap
+        out = np.empty(first.shape, dtype=out_dtype)
+        return first.ravel(), second.ravel(), out, out.ravel()
     order = "F" if first.flags.f_contiguous and not first.flags.c_contiguous else "C"
     first = np.asarray(first, order=order)
     second = np.asarray(second, order=order)
@@ -255,9 +252,9 @@ def _running_stat(bn_param: MutableMapping[str, Any], key: str, d: int, dtype: n
     return stat
 
 
-# The O(D) NumPy steps below follow IEEE arithmetic like the kernels do and
-# stay silent on NaN/Inf/overflow, as the kernels are (no RuntimeWarning that
-# a warnings-as-errors caller would get as an exception from some steps only).
+# The running-statistics update below follows IEEE arithmetic like the
+# kernels do and stays silent on NaN/Inf/overflow, as the kernels are (no
+# RuntimeWarning that a warnings-as-errors caller would get as an exception).
 @np.errstate(all="ignore")
 def batchnorm_forward(
     x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any]
@@ -321,33 +318,29 @@ def batchnorm_forward(
     running_var = _running_stat(bn_param, "running_var", d, xa.dtype)
 
     x_c = np.ascontiguousarray(xa)
-    gamma64 = gamma_a.astype(np.float64)
-    beta64 = beta_a.astype(np.float64)
     cache = None
     if mode == "train":
         if n == 0:
             raise ValueError(f"{func}: x has shape {xa.shape}; train mode needs N >= 1 rows for batch statistics")
         dtype = np.result_type(xa, gamma_a, beta_a)
-        mean = np.empty(d)
+        center = np.empty(d)
         var = np.empty(d)
-        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d), mean, var)
-        cache = BatchNormCache(x_c, gamma_a, mean, var, eps, dtype)
-        center, scale = mean, gamma64 * cache.ivar
+        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d), center, var)
+        cache = BatchNormCache(x_c, gamma_a, center, var, eps, dtype)
         # The seed's sample statistics have x's dtype; so do its running updates.
-        running_mean = momentum * running_mean + (1 - momentum) * mean.astype(xa.dtype)
+        running_mean = momentum * running_mean + (1 - momentum) * center.astype(xa.dtype)
         running_var = momentum * running_var + (1 - momentum) * var.astype(xa.dtype)
     else:
         dtype = np.result_type(xa, gamma_a, beta_a, running_mean, running_var)
         center = running_mean.astype(np.float64)
-        scale = gamma64 / np.sqrt(running_var.astype(np.float64) + eps)
+        var = running_var.astype(np.float64)
     out = np.empty((n, d), dtype=dtype)
-    _batchnorm_normalize(n * d, x_c, center, scale, beta64, out)
+    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, eps, out)
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
     return out, cache
 
 
-@np.errstate(all="ignore")
 def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Backward pass of train-mode batch normalization.
 
@@ -388,18 +381,9 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArr
     n, d = douta.shape
     dtype = np.result_type(douta, cache.dtype)
     dout_c = np.ascontiguousarray(douta)
-    sum_dout = np.empty(d)
-    sum_dout_xmu = np.empty(d)
-    _batchnorm_backward_sums(n * d, dout_c, cache.x, cache.mean, n_row_parts(n), sum_dout, sum_dout_xmu)
-    ivar = cache.ivar
-    gain = cache.gamma.astype(np.float64) * ivar
-    offset = sum_dout / n
-    slope = ivar * ivar * sum_dout_xmu / n
-    # A feature whose sums are not finite (Inf or NaN in dout) has no defined
-    # gradient: NaN across the column, as the seed's 10 steps give (their dmu
-    # is Inf - Inf), rather than the closed form's mix of NaN and +-Inf.
-    undefined = ~(np.isfinite(offset) & np.isfinite(slope))
-    offset[undefined] = np.nan
     dx = np.empty((n, d), dtype=dtype)
-    _batchnorm_backward_dx(n * d, dout_c, cache.x, cache.mean, gain, offset, slope, dx)
-    return dx, (ivar * sum_dout_xmu).astype(dtype), sum_dout.astype(douta.dtype)
+    dgamma = np.empty(d, dtype=dtype)
+    dbeta = np.empty(d, dtype=douta.dtype)
+    _batchnorm_backward(n * d, dout_c, cache.x, cache.mean, cache.var, cache.gamma, cache.eps, n_row_parts(n),
+                        dx, dgamma, dbeta)
+    return dx, dgamma, dbeta

@@ -57,8 +57,13 @@ class TwinKernel:
     def __init__(self, body: types.FunctionType, threshold: int) -> None:
         self.name = body.__name__.lstrip("_")
         self.threshold = threshold
-        self.serial = numba.njit(cache=True)(_renamed_copy(body, "_serial"))
-        self.parallel = numba.njit(cache=True, parallel=True)(_renamed_copy(body, "_parallel"))
+        # error_model="numpy": IEEE division (x/0 gives Inf or NaN like NumPy)
+        # instead of Python's ZeroDivisionError, and no checks in the loops.
+        # numba's cache keys on the body's source file, not on these options:
+        # after changing them, delete the *.nbi/*.nbc files beside the kernels.
+        options = {"cache": True, "error_model": "numpy"}
+        self.serial = numba.njit(**options)(_renamed_copy(body, "_serial"))
+        self.parallel = numba.njit(parallel=True, **options)(_renamed_copy(body, "_parallel"))
 
     def pick(self, work: int) -> Callable[..., Any]:
         path = _forced_path

@@ -85,17 +85,30 @@ def _batchnorm_stats(x, n_parts, rows_per_block, mean, var):
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_normalize(x, center, scale, shift, out):
-    """out[i, j] = (x[i, j] - center[j]) * scale[j] + shift[j], in float64."""
+def _batchnorm_normalize(x, center, var, gamma, beta, eps, out):
+    """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j].
+
+    The per-feature scale is computed here (O(D), float64) so that the
+    Python layer makes no NumPy calls of its own for it.
+    """
     n_rows, n_features = x.shape
+    scale = np.empty(n_features)
+    for j in range(n_features):
+        scale[j] = gamma[j] * (1.0 / np.sqrt(var[j] + eps))
     for i in prange(n_rows):
         for j in range(n_features):
-            out[i, j] = (x[i, j] - center[j]) * scale[j] + shift[j]
+            out[i, j] = (x[i, j] - center[j]) * scale[j] + beta[j]
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward_sums(dout, x, mean, n_parts, sum_dout, sum_dout_xmu):
-    """sum_i dout[i, j] and sum_i dout[i, j]·(x[i, j] - mean[j]), one pass."""
+def _batchnorm_backward(dout, x, mean, var, gamma, eps, n_parts, dx, dgamma, dbeta):
+    """dx, dgamma, dbeta of the train-mode forward, in two passes over (N, D).
+
+    First pass: sum_i dout and sum_i dout·(x - mean) per feature, over fixed
+    row parts merged in part order. Then, per feature, the closed form's
+    coefficients, and the second pass:
+    dx = gamma·ivar · (dout - sum(dout)/N - (x - mean)·ivar²·sum(dout·(x - mean))/N).
+    """
     n_rows, n_features = x.shape
     part_dout = np.zeros((n_parts, n_features))
     part_dout_xmu = np.zeros((n_parts, n_features))
@@ -108,20 +121,26 @@ def _batchnorm_backward_sums(dout, x, mean, n_parts, sum_dout, sum_dout_xmu):
                 gradient = np.float64(dout[i, j])
                 p_dout[j] += gradient
                 p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
+    gain = np.empty(n_features)
+    offset = np.empty(n_features)
+    slope = np.empty(n_features)
     for j in prange(n_features):
         total_dout = 0.0
         total_dout_xmu = 0.0
         for part in range(n_parts):
             total_dout += part_dout[part, j]
             total_dout_xmu += part_dout_xmu[part, j]
-        sum_dout[j] = total_dout
-        sum_dout_xmu[j] = total_dout_xmu
-
-
-@twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward_dx(dout, x, mean, gain, offset, slope, dx):
-    """dx[i, j] = gain[j] * (dout[i, j] - offset[j] - (x[i, j] - mean[j]) * slope[j])."""
-    n_rows, n_features = x.shape
+        ivar = 1.0 / np.sqrt(var[j] + eps)
+        dbeta[j] = total_dout
+        dgamma[j] = ivar * total_dout_xmu
+        gain[j] = gamma[j] * ivar
+        offset[j] = total_dout / n_rows
+        slope[j] = ivar * ivar * total_dout_xmu / n_rows
+        # A feature whose sums are not finite (Inf or NaN in dout) has no
+        # defined gradient: NaN across it, as the seed's 10 steps give (their
+        # dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
+        if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
+            offset[j] = np.nan
     for i in prange(n_rows):
         for j in range(n_features):
             dx[i, j] = gain[j] * (dout[i, j] - offset[j] - (x[i, j] - mean[j]) * slope[j])

@@ -325,7 +325,7 @@ def batchnorm_forward(
         dtype = np.result_type(xa, gamma_a, beta_a)
         center = np.empty(d)
         var = np.empty(d)
-        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d), center, var)
+        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var)
         cache = BatchNormCache(x_c, gamma_a, center, var, eps, dtype)
         # The seed's sample statistics have x's dtype; so do its running updates.
         running_mean = momentum * running_mean + (1 - momentum) * center.astype(xa.dtype)

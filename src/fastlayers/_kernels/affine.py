@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._blas import gemm
-from ._twins import part_bounds, twin
+from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
 
 # The bias fill and the db reduction are memory passes over (N, M) like the
 # elementwise kernels; gemm threads itself.
@@ -48,11 +48,11 @@ def _affine_backward(blas_int, dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
         for i in range(start, stop):
             for j in range(m):
                 p_db[j] += dout[i, j]
-    for j in prange(m):
-        total = 0.0
-        for part in range(n_parts):
-            total += part_db[part, j]
-        db[j] = total
+    for chunk in prange(n_column_chunks(m)):
+        start, stop = column_chunk(m, chunk)
+        totals = sum_parts(part_db, start, stop)
+        for j in range(start, stop):
+            db[j] = totals[j - start]
     if m == 0:  # no output features: both products are empty sums
         dx[:] = 0.0
         dw[:] = 0.0

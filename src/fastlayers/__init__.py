@@ -9,6 +9,16 @@ Six functions with the seed page's signatures and answers::
     batchnorm_forward(x, gamma, beta, bn_param) -> out, cache
     batchnorm_backward(dout, cache)           -> dx, dgamma, dbeta
 
+and the fused sandwiches that networks build from them::
+
+    affine_relu_forward(x, w, b)              -> out, cache
+    affine_relu_backward(dout, cache)         -> dx, dw, db
+    affine_batchnorm_relu_forward(x, w, b, gamma, beta, bn_param) -> out, cache
+    affine_batchnorm_relu_backward(dout, cache) -> dx, dw, db, dgamma, dbeta
+
+Forward functions take an optional ``out=``, backward ones optional
+gradient arrays (``dx=``, ...), for loops that allocate nothing.
+
 ``fastlayers.reference`` holds the plain-NumPy originals.
 """
 
@@ -16,7 +26,7 @@ from __future__ import annotations
 
 from . import _threads  # first: picks numba's threading layer before any kernel runs
 from ._threads import get_num_threads, set_num_threads, threading_layer
-from ._cache import BatchNormCache
+from ._cache import BatchNormCache, ReluMask
 from .layers import (
     affine_backward,
     affine_forward,
@@ -24,6 +34,12 @@ from .layers import (
     batchnorm_forward,
     relu_backward,
     relu_forward,
+)
+from .sandwiches import (
+    affine_batchnorm_relu_backward,
+    affine_batchnorm_relu_forward,
+    affine_relu_backward,
+    affine_relu_forward,
 )
 
 __version__ = "0.1.0"
@@ -36,7 +52,12 @@ __all__ = [
     "relu_backward",
     "batchnorm_forward",
     "batchnorm_backward",
+    "affine_relu_forward",
+    "affine_relu_backward",
+    "affine_batchnorm_relu_forward",
+    "affine_batchnorm_relu_backward",
     "BatchNormCache",
+    "ReluMask",
     "warmup",
     "threading_layer",
     "set_num_threads",
@@ -49,7 +70,8 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
 
     Servers call this once at start-up so that no request pays the
     first-call compile. Both the serial and the parallel twin of every
-    kernel are prepared, for C-contiguous, writeable inputs.
+    kernel (the sandwiches' included) are prepared, for C-contiguous,
+    writeable inputs.
     """
     import numpy as np
 
@@ -70,3 +92,10 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
                 params = {"mode": "train"}
                 out, cache = batchnorm_forward(x, x[0], x[0], params)
                 batchnorm_backward(out, cache)
+                in_place = x.copy()
+                out, cache = relu_forward(in_place, out=in_place)  # the mask-recording kernel
+                relu_backward(out, cache)
+                out, cache = affine_relu_forward(x, w, w[0])
+                affine_relu_backward(out, cache)
+                out, cache = affine_batchnorm_relu_forward(x, w, w[0], w[0], w[0], {"mode": "train"})
+                affine_batchnorm_relu_backward(out, cache)

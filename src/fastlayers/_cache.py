@@ -15,7 +15,7 @@ class BatchNormCache(Mapping):
     It holds the forward input ``x`` by reference when it was a
     C-contiguous float32/float64 array (any other layout or an integer
     dtype is held as the one C-contiguous float copy the kernels read),
-    ``gamma``, and the per-feature mean and biased variance in float64.
+    ``gamma`` and ``beta``, and the per-feature mean and biased variance in float64.
     Read as a mapping it offers the seed page's keys (``x_minus_mean``,
     ``normalized_data``, ``gamma``, ``ivar``, ``sqrtvar``), each computed
     in the result dtype when asked for, so code written against the seed's
@@ -23,13 +23,15 @@ class BatchNormCache(Mapping):
     ``x`` between the forward and the backward call changes the gradient.
     """
 
-    __slots__ = ("x", "gamma", "mean", "var", "eps", "dtype")
+    __slots__ = ("x", "gamma", "beta", "mean", "var", "eps", "dtype")
 
     def __init__(
-        self, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, dtype: np.dtype
+        self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float,
+        dtype: np.dtype,
     ) -> None:
         self.x = x  # C-contiguous (N, D), float32 or float64
-        self.gamma = gamma  # (D,), of dtype `dtype`
+        self.gamma = gamma  # (D,)
+        self.beta = beta  # (D,): a fused ReLU's backward recomputes the forward's output
         self.mean = mean  # (D,) float64
         self.var = var  # (D,) float64, biased
         self.eps = eps
@@ -41,13 +43,17 @@ class BatchNormCache(Mapping):
         The kernels trust these shapes and dtypes (numba does not check
         bounds), so a cache whose attributes were replaced is refused here.
         """
-        x = self.x
-        ok = isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
-        d = x.shape[1] if ok else -1
-        for name in ("gamma", "mean", "var"):
-            part = getattr(self, name)
-            ok = ok and isinstance(part, np.ndarray) and part.shape == (d,) and part.dtype.kind == "f"
-        ok = ok and self.mean.dtype == np.float64 and self.var.dtype == np.float64
+        x, mean, var = self.x, self.mean, self.var
+        try:
+            d = x.shape[1]
+            ok = (type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous
+                  and (x.dtype == np.float32 or x.dtype == np.float64)
+                  and type(mean) is np.ndarray and mean.shape == (d,) and mean.dtype == np.float64
+                  and type(var) is np.ndarray and var.shape == (d,) and var.dtype == np.float64)
+            for part in (self.gamma, self.beta):
+                ok = ok and type(part) is np.ndarray and part.shape == (d,) and part.dtype.char in "fd"
+        except (AttributeError, IndexError, TypeError):
+            ok = False
         if not ok:
             raise ValueError(f"{func}: cache is a BatchNormCache whose contents were altered; "
                              "pass the cache batchnorm_forward returned")
@@ -81,3 +87,31 @@ class BatchNormCache(Mapping):
     def __repr__(self) -> str:
         shape = getattr(self.x, "shape", None)  # robust to a tampered cache
         return f"<BatchNormCache x.shape={shape} dtype={self.dtype}>"
+
+
+class ReluMask:
+    """The cache of an in-place ReLU: ``x >= 0`` as one byte an element.
+
+    :func:`fastlayers.relu_forward` with ``out=x`` overwrites x, which the
+    seed's cache would hold; it records this mask instead (and
+    ``affine_relu_forward`` does the same for its pre-activation), so that
+    :func:`fastlayers.relu_backward` gives the same gradient as from x.
+    """
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask  # bool, C-contiguous
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mask.shape
+
+    def check(self, func: str) -> None:
+        mask = self.mask
+        if not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.flags.c_contiguous):
+            raise ValueError(f"{func}: cache is a ReluMask whose contents were altered; "
+                             "pass the cache relu_forward returned")
+
+    def __repr__(self) -> str:
+        return f"<ReluMask shape={getattr(self.mask, 'shape', None)}>"

@@ -63,7 +63,7 @@ def threading_layer() -> str:
         import numpy as np
 
         probe = np.zeros(1)
-        _relu_forward.parallel(probe, probe.copy())
+        _relu_forward.parallel(probe, probe.copy(), np.empty(0, np.bool_))
         return numba.threading_layer()
 
 

@@ -60,3 +60,85 @@ def check_blas_dims(func: str, **dims: int) -> None:
             raise ValueError(
                 f"{func}: dimension {name}={size} exceeds the BLAS limit of {_MAX_BLAS_DIM}"
             )
+
+
+def check_output(out: Any, shape: tuple[int, ...], dtype: np.dtype, func: str, name: str) -> np.ndarray:
+    """``out`` checked as a caller-supplied result array.
+
+    As strict as ``np.dot``'s ``out``: exactly the result's shape and
+    dtype, C-contiguous and writeable.
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{func}: {name} must be a NumPy array or None, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{func}: {name} has shape {out.shape} but the result has shape {tuple(shape)}")
+    if out.dtype != dtype:
+        raise ValueError(f"{func}: {name} has dtype {out.dtype} but the result has dtype {np.dtype(dtype)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{func}: {name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{func}: {name} is read-only")
+    return out
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b are the same elements in the same order (one array, two names)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def check_overlaps(
+    func: str,
+    outputs: dict[str, np.ndarray],
+    inputs: dict[str, np.ndarray],
+    in_place: tuple[tuple[str, str], ...] = (),
+) -> set[tuple[str, str]]:
+    """Refuse caller-supplied outputs that overlap an input or each other.
+
+    ``outputs`` maps names to the caller's arrays. A pair (output, input) in ``in_place``
+    may be the very same array, because the kernel reads each element of
+    that input before it writes the same element of the output; any other
+    overlap (a shifted or transposed view, a shared buffer) is a
+    ValueError. Returns the in-place pairs found.
+    """
+    found = set()
+    supplied = list(outputs.items())
+    for index, (out_name, out) in enumerate(supplied):
+        for other_name, other in supplied[index + 1:]:
+            if np.may_share_memory(out, other):
+                raise ValueError(f"{func}: {out_name} and {other_name} share memory; pass separate arrays")
+        for in_name, array in inputs.items():
+            if not np.may_share_memory(out, array):
+                continue
+            if (out_name, in_name) in in_place and _same_memory(out, array):
+                found.add((out_name, in_name))
+                continue
+            allowed = " (only exactly in place is allowed)" if (out_name, in_name) in in_place else ""
+            raise ValueError(f"{func}: {out_name} overlaps {in_name}, which the computation still reads{allowed}; "
+                             f"pass a separate array")
+    return found
+
+
+OutputSpec = tuple[str, Any, tuple[int, ...], np.dtype]  # (name, caller's array or None, shape, dtype)
+
+
+def prepare_outputs(
+    func: str,
+    specs: tuple[OutputSpec, ...],
+    inputs: dict[str, np.ndarray],
+    in_place: tuple[tuple[str, str], ...] = (),
+) -> tuple[list[np.ndarray], set[tuple[str, str]]]:
+    """The result arrays of ``func``: the caller's, checked (``check_output``,
+    ``check_overlaps``), or new ones. Returns them in ``specs``' order, and
+    the in-place pairs found."""
+    for spec in specs:
+        if spec[1] is not None:
+            break
+    else:  # the common case, kept cheap: nothing supplied
+        return [np.empty(shape, dtype=dtype) for _, _, shape, dtype in specs], set()
+    supplied = {name: check_output(value, shape, dtype, func, name)
+                for name, value, shape, dtype in specs if value is not None}
+    found = check_overlaps(func, supplied, inputs, in_place)
+    arrays = [supplied[name] if name in supplied else np.empty(shape, dtype=dtype)
+              for name, _, shape, dtype in specs]
+    return arrays, found

@@ -13,13 +13,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._cache import BatchNormCache
+from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import ensure_blas
 from ._kernels._twins import n_row_parts
 from ._kernels.affine import _affine_backward, _affine_forward
 from ._kernels.batchnorm import _batchnorm_backward, _batchnorm_normalize, _batchnorm_stats, block_rows
 from ._kernels.relu import _relu_backward, _relu_forward
-from ._validation import as_float_array, check_blas_dims, check_ndim, check_shape
+from ._validation import (
+    as_float_array,
+    check_blas_dims,
+    check_ndim,
+    check_shape,
+    prepare_outputs,
+)
 
 __all__ = [
     "affine_forward",
@@ -29,10 +35,18 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_backward",
     "BatchNormCache",
+    "ReluMask",
 ]
 
 FloatArray = NDArray[np.floating]
 AffineCache = tuple[Any, Any, Any]
+
+# Stand-ins for a kernel's optional arrays ("no mask", "no ReLU"): empty,
+# so the kernel's size test skips them; typed like the real ones so that
+# one compiled specialisation serves both.
+NO_MASK_1D = np.empty(0, dtype=np.bool_)
+NO_MASK_2D = np.empty((0, 0), dtype=np.bool_)
+NO_ARRAY_1D = np.empty(0)
 
 
 def _blas_operand(matrix: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, bool]:
@@ -65,7 +79,33 @@ def _affine_operands(func: str, x: np.ndarray, w: np.ndarray) -> tuple[int, int,
     return n, d, m
 
 
-def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> tuple[FloatArray, AffineCache]:
+def affine_setup(func: str, x: ArrayLike, w: ArrayLike, b: ArrayLike) -> dict[str, Any]:
+    """Checked affine operands, in the form the forward kernel takes."""
+    xa = as_float_array(x, func, "x")
+    wa = as_float_array(w, func, "w")
+    ba = as_float_array(b, func, "b")
+    n, d, m = _affine_operands(func, xa, wa)
+    check_shape(ba, (m,), func, "b", f"w of shape {wa.shape}")
+    dtype = np.result_type(xa, wa, ba)
+    x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
+    w_op, w_is_t = _blas_operand(wa, dtype)
+    return {"x": xa, "w": wa, "b": ba, "n": n, "d": d, "m": m, "dtype": dtype,
+            "operands": (x_op, x_is_t, w_op, w_is_t, np.ascontiguousarray(ba, dtype=dtype))}
+
+
+def affine_product(func: str, args: dict[str, Any], out: Any, relu: bool) -> tuple[np.ndarray, ReluMask | None]:
+    """``x @ w + b`` of ``affine_setup``'s ``args`` into a checked (or new)
+    ``out``, followed in the same kernel by a ReLU when ``relu``; returns
+    out and the ReLU's mask."""
+    n, m = args["n"], args["m"]
+    (out,), _ = prepare_outputs(func, (("out", out, (n, m), args["dtype"]),),
+                                {name: args[name] for name in ("x", "w", "b")})
+    mask = np.empty((n, m), dtype=np.bool_) if relu else NO_MASK_2D
+    _affine_forward(n * m, ensure_blas()(0), *args["operands"], mask, out)
+    return out, (ReluMask(mask) if relu else None)
+
+
+def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None) -> tuple[FloatArray, AffineCache]:
     """Forward pass of an affine (fully connected) layer.
 
     Parameters
@@ -76,6 +116,10 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> tuple[FloatArray
         Weights.
     b : array, shape (M,)
         Biases.
+    out : ndarray, optional
+        Where to write the result: exactly shape (N, M) and the result
+        dtype, C-contiguous and writeable, sharing no memory with x, w or b
+        (else ValueError). Without it a new array is returned.
 
     Returns
     -------
@@ -93,21 +137,53 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike) -> tuple[FloatArray
     array([ 6.,  7.,  8.,  9., 10.])
     """
     func = "affine_forward"
-    xa = as_float_array(x, func, "x")
-    wa = as_float_array(w, func, "w")
-    ba = as_float_array(b, func, "b")
+    result, _ = affine_product(func, affine_setup(func, x, w, b), out, relu=False)
+    return result, (x, w, b)
+
+
+def affine_gradient_plan(func: str, douta: np.ndarray, cache: Any, dx: Any, dw: Any, db: Any) -> dict[str, Any]:
+    """Checked operands and result arrays (the caller's or new) for the
+    gradients of the affine layer whose cache is (x, w, b), given dout."""
+    if not isinstance(cache, (tuple, list)) or len(cache) != 3:
+        raise ValueError(
+            f"{func}: cache must be the (x, w, b) tuple returned by affine_forward, "
+            f"got {type(cache).__name__}"
+        )
+    xa = as_float_array(cache[0], func, "cache x")
+    wa = as_float_array(cache[1], func, "cache w")
     n, d, m = _affine_operands(func, xa, wa)
-    check_shape(ba, (m,), func, "b", f"w of shape {wa.shape}")
-    dtype = np.result_type(xa, wa, ba)
+    check_shape(douta, (n, m), func, "dout", f"affine_forward's output for x {xa.shape} and w {wa.shape}")
+    dtype = np.result_type(douta, xa, wa)
+    (dx, dw, db), _ = prepare_outputs(
+        func, (("dx", dx, xa.shape, dtype), ("dw", dw, (d, m), dtype), ("db", db, (m,), douta.dtype)),
+        {"dout": douta, "cache x": xa, "cache w": wa})
     x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
     w_op, w_is_t = _blas_operand(wa, dtype)
-    out = np.empty((n, m), dtype=dtype)
-    blas_int = ensure_blas()(0)
-    _affine_forward(n * m, blas_int, x_op, x_is_t, w_op, w_is_t, np.ascontiguousarray(ba, dtype=dtype), out)
-    return out, (x, w, b)
+    return {"n": n, "d": d, "m": m, "dtype": dtype, "x": (x_op, x_is_t), "w": (w_op, w_is_t),
+            "dx": dx, "dw": dw, "db": db}
 
 
-def affine_backward(dout: ArrayLike, cache: AffineCache) -> tuple[FloatArray, FloatArray, FloatArray]:
+def affine_gradients(func: str, dout: ArrayLike, cache: Any, relu_mask: ReluMask | None,
+                     dx: Any, dw: Any, db: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Gradients of the affine layer whose cache is ``cache`` = (x, w, b),
+    into checked (or new) dx, dw, db. With ``relu_mask``, dout is the
+    gradient of the ReLU that followed it, applied in the same pass as db."""
+    douta = as_float_array(dout, func, "dout")
+    plan = affine_gradient_plan(func, douta, cache, dx, dw, db)
+    n, d, m, dtype = plan["n"], plan["d"], plan["m"], plan["dtype"]
+    if relu_mask is None:
+        kept, dpre = NO_MASK_2D, np.empty((0, 0), dtype=dtype)
+    else:
+        relu_mask.check(func)
+        check_shape(relu_mask.mask, (n, m), func, "cache mask", f"dout of shape {(n, m)}")
+        kept, dpre = relu_mask.mask, np.empty((n, m), dtype=dtype)
+    _affine_backward(n * m, ensure_blas()(0), np.ascontiguousarray(douta, dtype=dtype), kept, *plan["x"],
+                     *plan["w"], n_row_parts(n), dpre, plan["dx"].reshape(n, d), plan["dw"], plan["db"])
+    return plan["dx"], plan["dw"], plan["db"]
+
+
+def affine_backward(dout: ArrayLike, cache: AffineCache, *, dx: Any = None, dw: Any = None,
+                    db: Any = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Backward pass of an affine layer.
 
     Parameters
@@ -116,6 +192,10 @@ def affine_backward(dout: ArrayLike, cache: AffineCache) -> tuple[FloatArray, Fl
         Upstream gradient.
     cache : tuple
         ``(x, w, b)`` from :func:`affine_forward`.
+    dx, dw, db : ndarrays, optional
+        Where to write the gradients, each exactly its result's shape and
+        dtype, C-contiguous, writeable, and sharing memory with no input
+        and no other output (else ValueError).
 
     Returns
     -------
@@ -134,28 +214,7 @@ def affine_backward(dout: ArrayLike, cache: AffineCache) -> tuple[FloatArray, Fl
     >>> dx.shape, dw.shape, db
     ((2, 3), (3, 4), array([2., 2., 2., 2.]))
     """
-    func = "affine_backward"
-    if not isinstance(cache, (tuple, list)) or len(cache) != 3:
-        raise ValueError(
-            f"{func}: cache must be the (x, w, b) tuple returned by affine_forward, "
-            f"got {type(cache).__name__}"
-        )
-    douta = as_float_array(dout, func, "dout")
-    xa = as_float_array(cache[0], func, "cache x")
-    wa = as_float_array(cache[1], func, "cache w")
-    n, d, m = _affine_operands(func, xa, wa)
-    check_shape(douta, (n, m), func, "dout", f"affine_forward's output for x {xa.shape} and w {wa.shape}")
-    dtype = np.result_type(douta, xa, wa)
-    x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
-    w_op, w_is_t = _blas_operand(wa, dtype)
-    dx = np.empty((n, d), dtype=dtype)
-    dw = np.empty((d, m), dtype=dtype)
-    db = np.empty(m, dtype=douta.dtype)
-    blas_int = ensure_blas()(0)
-    _affine_backward(
-        n * m, blas_int, np.ascontiguousarray(douta, dtype=dtype), x_op, x_is_t, w_op, w_is_t, n_row_parts(n), dx, dw, db
-    )
-    return dx.reshape(xa.shape), dw, db
+    return affine_gradients("affine_backward", dout, cache, None, dx, dw, db)
 
 
 def _flat_pair(first: np.ndarray, second: np.ndarray, out_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -175,19 +234,29 @@ def _flat_pair(first: np.ndarray, second: np.ndarray, out_dtype: np.dtype) -> tu
     return first.reshape(-1, order=order), second.reshape(-1, order=order), out, out.reshape(-1, order=order)
 
 
-def relu_forward(x: ArrayLike) -> tuple[FloatArray, Any]:
+def _c_flat(array: np.ndarray) -> np.ndarray:
+    """A flat C-order view of ``array`` (a copy if it is not C-contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1)
+
+
+def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     """Forward pass of a layer of rectified linear units.
 
     Parameters
     ----------
     x : array, any shape
+    out : ndarray, optional
+        Where to write the result: exactly x's shape and the result dtype,
+        C-contiguous and writeable. It may be x itself (an in-place ReLU);
+        any other overlap with x is a ValueError.
 
     Returns
     -------
     out : ndarray, x's shape and dtype
         x with entries ``< 0`` set to 0; NaN and -0.0 pass through unchanged.
         Integer and bool inputs give float64 (the seed page keeps them integral).
-    cache : x itself, for :func:`relu_backward`.
+    cache : x itself, for :func:`relu_backward`; after an in-place call,
+        whose x is overwritten, a :class:`ReluMask` of ``x >= 0`` instead.
 
     Examples
     --------
@@ -196,21 +265,35 @@ def relu_forward(x: ArrayLike) -> tuple[FloatArray, Any]:
     >>> out
     array([ 0. , -0. ,  0.5,  nan])
     """
-    xa = as_float_array(x, "relu_forward", "x")
-    x_flat, _, out, out_flat = _flat_pair(xa, xa, xa.dtype)
-    _relu_forward(xa.size, x_flat, out_flat)
-    return out, x
+    func = "relu_forward"
+    xa = as_float_array(x, func, "x")
+    if out is None:
+        x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)
+        _relu_forward(xa.size, x_flat, out_flat, NO_MASK_1D)
+        return result, x
+    (result,), in_place = prepare_outputs(func, (("out", out, xa.shape, xa.dtype),), {"x": xa}, (("out", "x"),))
+    if in_place:
+        mask = np.empty(xa.shape, dtype=np.bool_)
+        _relu_forward(xa.size, result.reshape(-1), result.reshape(-1), mask.reshape(-1))
+        return result, ReluMask(mask)
+    _relu_forward(xa.size, _c_flat(xa), result.reshape(-1), NO_MASK_1D)
+    return result, x
 
 
-def relu_backward(dout: ArrayLike, cache: Any) -> FloatArray:
+def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
     """Backward pass of a ReLU layer: ``dx = dout * (x >= 0)``.
 
     Parameters
     ----------
     dout : array, any shape
         Upstream gradient.
-    cache : array, dout's shape
-        The input x of :func:`relu_forward`.
+    cache : array of dout's shape, or ReluMask
+        The input x of :func:`relu_forward` (or the mask an in-place
+        forward returned).
+    dx : ndarray, optional
+        Where to write the result: exactly dout's shape and dtype,
+        C-contiguous and writeable. It may be dout or the cached x itself
+        (in place); any other overlap is a ValueError.
 
     Returns
     -------
@@ -227,11 +310,21 @@ def relu_backward(dout: ArrayLike, cache: Any) -> FloatArray:
     """
     func = "relu_backward"
     douta = as_float_array(dout, func, "dout")
-    xa = as_float_array(cache, func, "cache (relu_forward's x)")
-    check_shape(douta, xa.shape, func, "dout", f"the cache (relu_forward's x of shape {xa.shape})")
-    dout_flat, x_flat, dx, dx_flat = _flat_pair(douta, xa, douta.dtype)
-    _relu_backward(douta.size, dout_flat, x_flat, dx_flat)
-    return dx
+    if isinstance(cache, ReluMask):
+        cache.check(func)
+        kept = cache.mask
+        check_shape(douta, kept.shape, func, "dout", f"the cache (relu_forward's mask of shape {kept.shape})")
+    else:
+        kept = as_float_array(cache, func, "cache (relu_forward's x)")
+        check_shape(douta, kept.shape, func, "dout", f"the cache (relu_forward's x of shape {kept.shape})")
+    if dx is None:
+        dout_flat, kept_flat, result, dx_flat = _flat_pair(douta, kept, douta.dtype)
+        _relu_backward(douta.size, dout_flat, kept_flat, dx_flat)
+        return result
+    (result,), _ = prepare_outputs(func, (("dx", dx, douta.shape, douta.dtype),), {"dout": douta, "cache": kept},
+                                   (("dx", "dout"), ("dx", "cache")))
+    _relu_backward(douta.size, _c_flat(douta), _c_flat(kept), result.reshape(-1))
+    return result
 
 
 def _real_param(bn_param: MutableMapping[str, Any], key: str, default: float) -> float:
@@ -252,12 +345,95 @@ def _running_stat(bn_param: MutableMapping[str, Any], key: str, d: int, dtype: n
     return stat
 
 
+def batchnorm_setup(func: str, x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
+                    bn_param: MutableMapping[str, Any], x_name: str = "x") -> dict[str, Any]:
+    """Checked batch-norm arguments: x, gamma, beta, mode, eps, momentum,
+    and the running statistics (zeros of x's dtype where bn_param has none).
+    ``x_name`` names x in messages."""
+    if not isinstance(bn_param, MutableMapping):
+        raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
+    try:
+        mode = bn_param["mode"]
+    except KeyError:
+        raise KeyError(f"{func}: bn_param['mode'] is required ('train' or 'test')") from None
+    if not isinstance(mode, str) or mode not in ("train", "test"):
+        raise ValueError(f'{func}: Invalid forward batchnorm mode "{mode}" in bn_param[\'mode\']; use "train" or "test"')
+    xa = as_float_array(x, func, x_name)
+    check_ndim(xa, 2, func, x_name, "(N, D)")
+    n, d = xa.shape
+    gamma_a = as_float_array(gamma, func, "gamma")
+    beta_a = as_float_array(beta, func, "beta")
+    check_shape(gamma_a, (d,), func, "gamma", f"{x_name} of shape {xa.shape}")
+    check_shape(beta_a, (d,), func, "beta", f"{x_name} of shape {xa.shape}")
+    if mode == "train" and n == 0:
+        raise ValueError(f"{func}: {x_name} has shape {xa.shape}; train mode needs N >= 1 rows for batch statistics")
+    return {
+        "x": xa, "gamma": gamma_a, "beta": beta_a, "mode": mode,
+        "eps": _real_param(func, bn_param, "eps", 1e-5),
+        "momentum": _real_param(func, bn_param, "momentum", 0.9),
+        "running_mean": _running_stat(func, bn_param, "running_mean", d, xa.dtype),
+        "running_var": _running_stat(func, bn_param, "running_var", d, xa.dtype),
+    }
+
+
+def _real_param(func: str, bn_param: MutableMapping[str, Any], key: str, default: float) -> float:
+    value = bn_param.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}: bn_param[{key!r}] must be a real number, got {value!r}") from None
+
+
+def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: int, dtype: np.dtype) -> np.ndarray:
+    if key not in bn_param:
+        return np.zeros(d, dtype=dtype)
+    stat = as_float_array(bn_param[key], func, f"bn_param[{key!r}]")
+    check_shape(stat, (d,), func, f"bn_param[{key!r}]", f"D = {d} features")
+    return stat
+
+
 # The running-statistics update below follows IEEE arithmetic like the
 # kernels do and stays silent on NaN/Inf/overflow, as the kernels are (no
 # RuntimeWarning that a warnings-as-errors caller would get as an exception).
 @np.errstate(all="ignore")
+def batchnorm_apply(func: str, args: dict[str, Any], bn_param: MutableMapping[str, Any], out: Any,
+                    relu: bool) -> tuple[np.ndarray, BatchNormCache | None]:
+    """Batch norm of ``batchnorm_setup``'s ``args`` into a checked (or new)
+    ``out``, with a ReLU after it when ``relu``; rebinds bn_param's running
+    statistics."""
+    xa, gamma_a, beta_a = args["x"], args["gamma"], args["beta"]
+    n, d = xa.shape
+    running_mean, running_var = args["running_mean"], args["running_var"]
+    train = args["mode"] == "train"
+    dtype = np.result_type(xa, gamma_a, beta_a) if train else np.result_type(
+        xa, gamma_a, beta_a, running_mean, running_var)
+    # In test mode an in-place call is exact (each element is read before it
+    # is written); in train mode the cache keeps x, which out would overwrite.
+    inputs = {"x": xa, "gamma": gamma_a, "beta": beta_a,
+              "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var}
+    (out,), _ = prepare_outputs(func, (("out", out, (n, d), dtype),), inputs, () if train else (("out", "x"),))
+    x_c = np.ascontiguousarray(xa)
+    cache = None
+    if train:
+        center = np.empty(d)
+        var = np.empty(d)
+        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var)
+        cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype)
+        # The seed's sample statistics have x's dtype; so do its running updates.
+        momentum = args["momentum"]
+        running_mean = momentum * running_mean + (1 - momentum) * center.astype(xa.dtype)
+        running_var = momentum * running_var + (1 - momentum) * var.astype(xa.dtype)
+    else:
+        center = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu, out)
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, cache
+
+
 def batchnorm_forward(
-    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any]
+    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any], *, out: Any = None
 ) -> tuple[FloatArray, BatchNormCache | None]:
     """Forward pass of batch normalization.
 
@@ -270,6 +446,11 @@ def batchnorm_forward(
         ``'mode'``: ``'train'`` or ``'test'`` (required); ``'eps'`` (default
         1e-5); ``'momentum'`` (default 0.9); ``'running_mean'`` and
         ``'running_var'``, shape (D,) (default zeros of x's dtype).
+    out : ndarray, optional
+        Where to write the result: exactly shape (N, D) and the result
+        dtype, C-contiguous and writeable, sharing memory with no input. In
+        test mode it may be x itself; in train mode it may not, because the
+        cache keeps x for the backward.
 
     Returns
     -------
@@ -297,51 +478,42 @@ def batchnorm_forward(
     array([0.2, 0.4])
     """
     func = "batchnorm_forward"
-    if not isinstance(bn_param, MutableMapping):
-        raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
-    try:
-        mode = bn_param["mode"]
-    except KeyError:
-        raise KeyError(f"{func}: bn_param['mode'] is required ('train' or 'test')") from None
-    if not isinstance(mode, str) or mode not in ("train", "test"):
-        raise ValueError(f'{func}: Invalid forward batchnorm mode "{mode}" in bn_param[\'mode\']; use "train" or "test"')
-    xa = as_float_array(x, func, "x")
-    check_ndim(xa, 2, func, "x", "(N, D)")
-    n, d = xa.shape
-    gamma_a = as_float_array(gamma, func, "gamma")
-    beta_a = as_float_array(beta, func, "beta")
-    check_shape(gamma_a, (d,), func, "gamma", f"x of shape {xa.shape}")
-    check_shape(beta_a, (d,), func, "beta", f"x of shape {xa.shape}")
-    eps = _real_param(bn_param, "eps", 1e-5)
-    momentum = _real_param(bn_param, "momentum", 0.9)
-    running_mean = _running_stat(bn_param, "running_mean", d, xa.dtype)
-    running_var = _running_stat(bn_param, "running_var", d, xa.dtype)
-
-    x_c = np.ascontiguousarray(xa)
-    cache = None
-    if mode == "train":
-        if n == 0:
-            raise ValueError(f"{func}: x has shape {xa.shape}; train mode needs N >= 1 rows for batch statistics")
-        dtype = np.result_type(xa, gamma_a, beta_a)
-        center = np.empty(d)
-        var = np.empty(d)
-        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var)
-        cache = BatchNormCache(x_c, gamma_a, center, var, eps, dtype)
-        # The seed's sample statistics have x's dtype; so do its running updates.
-        running_mean = momentum * running_mean + (1 - momentum) * center.astype(xa.dtype)
-        running_var = momentum * running_var + (1 - momentum) * var.astype(xa.dtype)
-    else:
-        dtype = np.result_type(xa, gamma_a, beta_a, running_mean, running_var)
-        center = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
-    out = np.empty((n, d), dtype=dtype)
-    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, eps, out)
-    bn_param["running_mean"] = running_mean
-    bn_param["running_var"] = running_var
-    return out, cache
+    args = batchnorm_setup(func, x, gamma, beta, bn_param)
+    return batchnorm_apply(func, args, bn_param, out, relu=False)
 
 
-def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArray, FloatArray, FloatArray]:
+def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma: Any, dbeta: Any,
+                        relu_column_sums: np.ndarray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Gradients of train-mode batch norm into checked (or new) arrays.
+
+    With ``relu_column_sums`` (a (D,) array of dx's dtype), dout is the
+    gradient of a ReLU that followed the batch norm, and the column sums
+    of dx (an affine layer's db) are written there in the same pass."""
+    if not isinstance(cache, BatchNormCache):
+        raise ValueError(
+            f"{func}: cache must be the cache returned by fastlayers.batchnorm_forward "
+            f"in train mode, got {type(cache).__name__}"
+        )
+    cache.check(func)
+    douta = as_float_array(dout, func, "dout")
+    check_shape(douta, cache.x.shape, func, "dout", "the forward pass's x")
+    n, d = douta.shape
+    dtype = np.result_type(douta, cache.dtype)
+    inputs = {"dout": douta, "cache x": cache.x, "cache gamma": cache.gamma, "cache beta": cache.beta}
+    relu = relu_column_sums is not None
+    # dx may be dout or x itself: the second pass reads each element of both
+    # before it writes it; the first pass has read all of dout by then.
+    (dx, dgamma, dbeta), _ = prepare_outputs(
+        func, (("dx", dx, (n, d), dtype), ("dgamma", dgamma, (d,), dtype), ("dbeta", dbeta, (d,), douta.dtype)),
+        inputs, () if relu else (("dx", "dout"), ("dx", "cache x")))
+    _batchnorm_backward(n * d, np.ascontiguousarray(douta), cache.x, cache.mean, cache.var, cache.gamma,
+                        cache.beta, cache.eps, np.empty(0, dtype=cache.dtype) if relu else None, n_row_parts(n),
+                        dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache, *, dx: Any = None, dgamma: Any = None,
+                       dbeta: Any = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Backward pass of train-mode batch normalization.
 
     Parameters
@@ -350,6 +522,10 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArr
         Upstream gradient.
     cache : BatchNormCache
         From :func:`batchnorm_forward` in train mode.
+    dx, dgamma, dbeta : ndarrays, optional
+        Where to write the gradients, each exactly its result's shape and
+        dtype, C-contiguous and writeable. dx may be dout or the cached x
+        itself (in place); any other overlap is a ValueError.
 
     Returns
     -------
@@ -369,21 +545,4 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache) -> tuple[FloatArr
     >>> dbeta
     array([2., 2.])
     """
-    func = "batchnorm_backward"
-    if not isinstance(cache, BatchNormCache):
-        raise ValueError(
-            f"{func}: cache must be the cache returned by fastlayers.batchnorm_forward "
-            f"in train mode, got {type(cache).__name__}"
-        )
-    cache.check(func)
-    douta = as_float_array(dout, func, "dout")
-    check_shape(douta, cache.x.shape, func, "dout", "the forward pass's x")
-    n, d = douta.shape
-    dtype = np.result_type(douta, cache.dtype)
-    dout_c = np.ascontiguousarray(douta)
-    dx = np.empty((n, d), dtype=dtype)
-    dgamma = np.empty(d, dtype=dtype)
-    dbeta = np.empty(d, dtype=douta.dtype)
-    _batchnorm_backward(n * d, dout_c, cache.x, cache.mean, cache.var, cache.gamma, cache.eps, n_row_parts(n),
-                        dx, dgamma, dbeta)
-    return dx, dgamma, dbeta
+    return batchnorm_gradients("batchnorm_backward", dout, cache, dx, dgamma, dbeta)

@@ -20,6 +20,10 @@ __all__ = [
     "relu_backward",
     "batchnorm_forward",
     "batchnorm_backward",
+    "affine_relu_forward",
+    "affine_relu_backward",
+    "affine_batchnorm_relu_forward",
+    "affine_batchnorm_relu_backward",
 ]
 
 
@@ -134,3 +138,39 @@ def batchnorm_backward(
     dx2 = (1 / n) * dmu * np.ones_like(dout)  # step 9
     dx = dx2 + dx1  # step 10
     return dx, dgamma, dbeta
+
+
+# The sandwiches, composed from the layers above as CS231n's layer_utils does.
+
+
+def affine_relu_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """relu(affine(x)); cache = (affine cache, relu cache)."""
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients (dx, dw, db) of :func:`affine_relu_forward`."""
+    fc_cache, relu_cache = cache
+    da = relu_backward(dout, relu_cache)
+    return affine_backward(da, fc_cache)
+
+
+def affine_batchnorm_relu_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_param: dict[str, Any]
+) -> tuple[np.ndarray, tuple]:
+    """relu(batchnorm(affine(x))); cache = (affine, batch-norm, relu caches)."""
+    a, fc_cache = affine_forward(x, w, b)
+    normalized, bn_cache = batchnorm_forward(a, gamma, beta, bn_param)
+    out, relu_cache = relu_forward(normalized)
+    return out, (fc_cache, bn_cache, relu_cache)
+
+
+def affine_batchnorm_relu_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Gradients (dx, dw, db, dgamma, dbeta) of a train-mode :func:`affine_batchnorm_relu_forward`."""
+    fc_cache, bn_cache, relu_cache = cache
+    dnormalized = relu_backward(dout, relu_cache)
+    da, dgamma, dbeta = batchnorm_backward(dnormalized, bn_cache)
+    dx, dw, db = affine_backward(da, fc_cache)
+    return dx, dw, db, dgamma, dbeta

@@ -1,4 +1,5 @@
-"""Affine kernels: BLAS gemm with the bias fused, and the bias gradient.
+"""Affine kernels: BLAS gemm with the bias fused, a ReLU epilogue, and the
+bias gradient.
 
 Operands arrive C-contiguous; an operand that the caller held in Fortran
 order arrives as its C-contiguous transpose with its ``*_is_t`` flag set,
@@ -8,51 +9,52 @@ a C-contiguous (r, c) array is a (c, r) matrix with leading dimension c.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
 from ._blas import gemm
 from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
+from .relu import passes
 
-# The bias fill and the db reduction are memory passes over (N, M) like the
-# elementwise kernels; gemm threads itself.
+# The bias fill, the ReLU epilogue and the db reduction are memory passes
+# over (N, M) like the elementwise kernels; gemm threads itself.
 AFFINE_THRESHOLD = 1 << 16
 
 
 @twin(AFFINE_THRESHOLD)
-def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, out):
-    """out (N, M) = x (N, D) @ w (D, M) + b, as gemm over a bias-filled out."""
+def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, relu_mask, out):
+    """out (N, M) = x (N, D) @ w (D, M) + b, as gemm over a bias-filled out.
+
+    With a non-empty ``relu_mask`` (N, M) the ReLU follows in place, while
+    the product is still in cache, and the mask records ``out >= 0`` for
+    the backward (1 byte an element instead of keeping the pre-activation).
+    """
     n, m = out.shape
     d = x.shape[0] if x_is_t else x.shape[1]
     for i in prange(n):
         for j in range(m):
             out[i, j] = b[j]
-    if n == 0 or m == 0 or d == 0:
-        return
-    # out^T (M x N) = op(w) (M x D) . op(x) (D x N), beta = 1 keeps the bias.
-    gemm(blas_int, w_is_t, x_is_t, m, n, d,
-         w, d if w_is_t else m,
-         x, n if x_is_t else d,
-         1.0, out, m)
+    if n > 0 and m > 0 and d > 0:
+        # out^T (M x N) = op(w) (M x D) . op(x) (D x N), beta = 1 keeps the bias.
+        gemm(blas_int, w_is_t, x_is_t, m, n, d,
+             w, d if w_is_t else m,
+             x, n if x_is_t else d,
+             1.0, out, m)
+    if relu_mask.size > 0:
+        zero = out.dtype.type(0)
+        for i in prange(n):
+            for j in range(m):
+                value = out[i, j]
+                relu_mask[i, j] = value >= zero
+                out[i, j] = zero if value < zero else value
 
 
-@twin(AFFINE_THRESHOLD)
-def _affine_backward(blas_int, dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
-    """dx = dout @ w.T, dw = x.T @ dout, db = dout summed over rows."""
+@numba.njit(cache=True, error_model="numpy")
+def affine_input_gradients(blas_int, dout, x, x_is_t, w, w_is_t, dx, dw):
+    """dx = dout @ w.T and dw = x.T @ dout: two gemm calls (BLAS threads them)."""
     n, m = dout.shape
     d = dw.shape[0]
-    part_db = np.zeros((n_parts, m))
-    for part in prange(n_parts):
-        start, stop = part_bounds(n, n_parts, part)
-        p_db = part_db[part]
-        for i in range(start, stop):
-            for j in range(m):
-                p_db[j] += dout[i, j]
-    for chunk in prange(n_column_chunks(m)):
-        start, stop = column_chunk(m, chunk)
-        totals = sum_parts(part_db, start, stop)
-        for j in range(start, stop):
-            db[j] = totals[j - start]
     if m == 0:  # no output features: both products are empty sums
         dx[:] = 0.0
         dw[:] = 0.0
@@ -64,3 +66,37 @@ def _affine_backward(blas_int, dout, x, x_is_t, w, w_is_t, n_parts, dx, dw, db):
         gemm(blas_int, False, not x_is_t, m, d, n, dout, m, x, n if x_is_t else d, 0.0, dw, m)
     else:
         dw[:] = 0.0
+
+
+@twin(AFFINE_THRESHOLD)
+def _affine_backward(blas_int, dout, relu_kept, x, x_is_t, w, w_is_t, n_parts, dpre, dx, dw, db):
+    """dx = g @ w.T, dw = x.T @ g, db = g summed over rows, where g is dout,
+    or with a non-empty ``relu_kept`` (the ReLU's mask or input, (N, M)) the
+    gradient through that ReLU, ``dout * passes(relu_kept)``, written to
+    ``dpre`` in the same pass that sums db."""
+    n, m = dout.shape
+    gated = relu_kept.size > 0
+    one = dpre.dtype.type(1)
+    zero = dpre.dtype.type(0)
+    part_db = np.zeros((n_parts, m))
+    for part in prange(n_parts):
+        start, stop = part_bounds(n, n_parts, part)
+        p_db = part_db[part]
+        for i in range(start, stop):
+            if gated:
+                for j in range(m):
+                    gradient = dout[i, j] * (one if passes(relu_kept[i, j]) else zero)
+                    dpre[i, j] = gradient
+                    p_db[j] += gradient
+            else:
+                for j in range(m):
+                    p_db[j] += dout[i, j]
+    for chunk in prange(n_column_chunks(m)):
+        start, stop = column_chunk(m, chunk)
+        totals = sum_parts(part_db, start, stop)
+        for j in range(start, stop):
+            db[j] = totals[j - start]
+    if gated:
+        affine_input_gradients(blas_int, dpre, x, x_is_t, w, w_is_t, dx, dw)
+    else:
+        affine_input_gradients(blas_int, dout, x, x_is_t, w, w_is_t, dx, dw)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
 
@@ -87,32 +88,87 @@ def _batchnorm_stats(x, n_parts, rows_per_block, mean, var):
             var[j] /= n_rows
 
 
+@numba.njit(inline="always")
+def _scales(gamma, var, eps):
+    """gamma / sqrt(var + eps) per feature, float64: the normalise pass's
+    multiplier, computed one way everywhere so recomputed outputs match."""
+    scale = np.empty(var.size)
+    for j in range(var.size):
+        scale[j] = gamma[j] * (1.0 / np.sqrt(var[j] + eps))
+    return scale
+
+
+@numba.njit(inline="always")
+def _normalized(x_value, center, scale, shift, out_like):
+    """One output element, rounded to the output's dtype (``out_like``'s)."""
+    return out_like.dtype.type((x_value - center) * scale + shift)
+
+
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_normalize(x, center, var, gamma, beta, eps, out):
-    """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j].
+def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu, out):
+    """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j],
+    followed by a ReLU (NaN and -0.0 pass, as in relu_forward) when ``relu``.
 
     The per-feature scale is computed here (O(D), float64) so that the
     Python layer makes no NumPy calls of its own for it.
     """
     n_rows, n_features = x.shape
-    scale = np.empty(n_features)
-    for j in range(n_features):
-        scale[j] = gamma[j] * (1.0 / np.sqrt(var[j] + eps))
-    for i in prange(n_rows):
-        for j in range(n_features):
-            out[i, j] = (x[i, j] - center[j]) * scale[j] + beta[j]
+    scale = _scales(gamma, var, eps)
+    zero = out.dtype.type(0)
+    if relu:
+        for i in prange(n_rows):
+            for j in range(n_features):
+                value = _normalized(x[i, j], center[j], scale[j], beta[j], out)
+                out[i, j] = zero if value < zero else value
+    else:
+        for i in prange(n_rows):
+            for j in range(n_features):
+                out[i, j] = _normalized(x[i, j], center[j], scale[j], beta[j], out)
+
+
+def gradient_through_relu(gradient, x_value, center, scale, beta, j, relu_like):
+    """dout (float64) through the ReLU that followed the normalise, if any.
+
+    ``relu_like`` is None (no ReLU: the gradient as it is) or an empty array
+    of the forward output's dtype: the ReLU's input is then recomputed as
+    the forward computed it, so the mask has the forward's own bits. The
+    choice is made when numba types the call, so the plain kernel carries
+    no per-element test."""
+    if relu_like is None:
+        return gradient
+    normalized = (x_value - center) * scale[j] + beta[j]
+    return gradient * (1.0 if relu_like.dtype.type(normalized) >= 0 else 0.0)
+
+
+@overload(gradient_through_relu)
+def _gradient_through_relu_overload(gradient, x_value, center, scale, beta, j, relu_like):
+    if isinstance(relu_like, types.NoneType):
+        return lambda gradient, x_value, center, scale, beta, j, relu_like: gradient
+
+    def through(gradient, x_value, center, scale, beta, j, relu_like):
+        normalized = _normalized(x_value, center, scale[j], beta[j], relu_like)
+        return gradient * (1.0 if normalized >= 0 else 0.0)
+
+    return through
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward(dout, x, mean, var, gamma, eps, n_parts, dx, dgamma, dbeta):
+def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts,
+                        dx, dgamma, dbeta, dx_column_sums):
     """dx, dgamma, dbeta of the train-mode forward, in two passes over (N, D).
 
-    First pass: sum_i dout and sum_i dout·(x - mean) per feature, over fixed
-    row parts merged in part order. Then, per feature, the closed form's
+    First pass: sum_i g and sum_i g·(x - mean) per feature, over fixed row
+    parts merged in part order, where g is dout, or, when ``relu_like`` is
+    not None, the gradient through the ReLU that followed the normalise
+    (see ``gradient_through_relu``). Then, per feature, the closed form's
     coefficients, and the second pass:
-    dx = gamma·ivar · (dout - sum(dout)/N - (x - mean)·ivar²·sum(dout·(x - mean))/N).
+    dx = gamma·ivar · (g - sum(g)/N - (x - mean)·ivar²·sum(g·(x - mean))/N).
+    A non-empty ``dx_column_sums`` receives dx summed over rows (the bias
+    gradient of an affine layer below), by the same parts as
+    ``affine_backward``'s db.
     """
     n_rows, n_features = x.shape
+    scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
     part_dout = np.zeros((n_parts, n_features))
     part_dout_xmu = np.zeros((n_parts, n_features))
     for part in prange(n_parts):
@@ -121,7 +177,7 @@ def _batchnorm_backward(dout, x, mean, var, gamma, eps, n_parts, dx, dgamma, dbe
         p_dout_xmu = part_dout_xmu[part]
         for i in range(start, stop):
             for j in range(n_features):
-                gradient = np.float64(dout[i, j])
+                gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j, relu_like)
                 p_dout[j] += gradient
                 p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
     gain = np.empty(n_features)
@@ -145,6 +201,21 @@ def _batchnorm_backward(dout, x, mean, var, gamma, eps, n_parts, dx, dgamma, dbe
             # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
             if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
                 offset[j] = np.nan
-    for i in prange(n_rows):
-        for j in range(n_features):
-            dx[i, j] = gain[j] * (dout[i, j] - offset[j] - (x[i, j] - mean[j]) * slope[j])
+    summing = dx_column_sums.size > 0
+    part_sums = np.zeros((n_parts if summing else 0, n_features))
+    for part in prange(n_parts):
+        start, stop = part_bounds(n_rows, n_parts, part)
+        for i in range(start, stop):
+            for j in range(n_features):
+                gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j, relu_like)
+                dx[i, j] = gain[j] * (gradient - offset[j] - (x[i, j] - mean[j]) * slope[j])
+            if summing:
+                p_sums = part_sums[part]
+                for j in range(n_features):
+                    p_sums[j] += dx[i, j]
+    if summing:
+        for chunk in prange(n_column_chunks(n_features)):
+            start, stop = column_chunk(n_features, chunk)
+            totals = sum_parts(part_sums, start, stop)
+            for j in range(start, stop):
+                dx_column_sums[j] = totals[j - start]

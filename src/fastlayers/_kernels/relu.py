@@ -5,11 +5,15 @@ any thread and the twins agree bitwise. The comparisons and the product
 mirror NumPy's: ``v < 0`` is False for NaN and -0.0 (both pass through),
 and the backward multiplies dout by a mask of 1 or 0 in dout's dtype, so
 -1·0 = -0.0 and Inf·0 = NaN exactly as ``dout * (x >= 0)`` gives.
+
+Every kernel reads element i before it writes element i, so an output may
+be the very array it reads (in-place); the API layer refuses other overlaps.
 """
 
 from __future__ import annotations
 
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from ._twins import twin
 
@@ -19,17 +23,39 @@ from ._twins import twin
 ELEMENTWISE_THRESHOLD = 1 << 16
 
 
+def passes(kept):
+    """Whether the ReLU passes the gradient: ``x >= 0`` for an input value,
+    the value itself for a boolean mask recorded by the forward."""
+    return kept if isinstance(kept, bool) else kept >= 0
+
+
+@overload(passes)
+def _passes_overload(kept):
+    if isinstance(kept, types.Boolean):
+        return lambda kept: kept
+    return lambda kept: kept >= 0
+
+
 @twin(ELEMENTWISE_THRESHOLD)
-def _relu_forward(x, out):
+def _relu_forward(x, out, mask):
+    """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
+    not empty (the cache of an in-place forward, whose x is overwritten)."""
     zero = out.dtype.type(0)
-    for i in prange(x.size):
-        value = x[i]
-        out[i] = zero if value < zero else value  # typed zero: LLVM vectorises this to vmaxps
+    if mask.size == 0:
+        for i in prange(x.size):
+            value = x[i]
+            out[i] = zero if value < zero else value  # typed zero: LLVM vectorises this to vmaxps
+    else:
+        for i in prange(x.size):
+            value = x[i]
+            mask[i] = value >= zero
+            out[i] = zero if value < zero else value
 
 
 @twin(ELEMENTWISE_THRESHOLD)
-def _relu_backward(dout, x, dx):
+def _relu_backward(dout, kept, dx):
+    """dx = dout * passes(kept): kept is the forward's x, or its boolean mask."""
     one = dx.dtype.type(1)
     zero = dx.dtype.type(0)
     for i in prange(dout.size):
-        dx[i] = dout[i] * (one if x[i] >= 0 else zero)
+        dx[i] = dout[i] * (one if passes(kept[i]) else zero)

@@ -1,0 +1,163 @@
+"""Layer sandwiches: affine-ReLU and affine-batchnorm-ReLU, fused.
+
+These are the convenience layers that CS231n-style networks build from the
+six functions (``layer_utils.py`` there), with the same calling
+conventions, and with the passes that the composition wastes taken out:
+
+- ``affine_relu_forward`` applies the ReLU in place in the product's
+  kernel, right after gemm, and records the ReLU's mask (1 byte an
+  element) instead of keeping the pre-activation; its backward gates
+  dout with that mask in the same pass that sums db.
+- ``affine_batchnorm_relu_forward`` normalises and applies the ReLU in one
+  pass and never stores the batch norm's output; its backward recomputes
+  that output (bit for bit) to gate dout inside both batch-norm passes,
+  and sums db in the pass that writes the batch norm's dx.
+
+Values and gradients equal the composition of the single layers; the
+caches are tuples of the single layers' caches (the ReLU's part being a
+:class:`~fastlayers.ReluMask`, or nothing when it is recomputed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ._cache import BatchNormCache, ReluMask
+from ._kernels._blas import ensure_blas
+from ._kernels.affine import affine_input_gradients
+from ._validation import as_float_array, check_overlaps
+from .layers import (
+    FloatArray,
+    affine_gradient_plan,
+    affine_gradients,
+    affine_product,
+    affine_setup,
+    batchnorm_apply,
+    batchnorm_gradients,
+    batchnorm_setup,
+)
+
+__all__ = [
+    "affine_relu_forward",
+    "affine_relu_backward",
+    "affine_batchnorm_relu_forward",
+    "affine_batchnorm_relu_backward",
+]
+
+
+def _unpack(func: str, cache: Any, second: type, forward: str) -> tuple[Any, Any]:
+    if not (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[1], second)):
+        raise ValueError(f"{func}: cache must be the cache returned by {forward}, got {type(cache).__name__}")
+    return cache
+
+
+def affine_relu_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
+    """An affine layer followed by a ReLU: ``max(x.reshape(N, D) @ w + b, 0)``.
+
+    Same arguments and ``out`` rules as :func:`fastlayers.affine_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        ``((x, w, b), ReluMask)``, for :func:`affine_relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> out, cache = fastlayers.affine_relu_forward(np.ones((1, 2)), np.array([[1.0, -1.0], [1.0, -1.0]]), np.zeros(2))
+    >>> out
+    array([[2., 0.]])
+    """
+    func = "affine_relu_forward"
+    result, mask = affine_product(func, affine_setup(func, x, w, b), out, relu=True)
+    return result, ((x, w, b), mask)
+
+
+def affine_relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any = None,
+                         db: Any = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Gradients (dx, dw, db) of :func:`affine_relu_forward`.
+
+    dx, dw and db, if given, follow :func:`fastlayers.affine_backward`'s rules.
+    """
+    func = "affine_relu_backward"
+    fc_cache, mask = _unpack(func, cache, ReluMask, "affine_relu_forward")
+    return affine_gradients(func, dout, fc_cache, mask, dx, dw, db)
+
+
+def affine_batchnorm_relu_forward(
+    x: ArrayLike, w: ArrayLike, b: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
+    bn_param: MutableMapping[str, Any], *, out: Any = None,
+) -> tuple[FloatArray, Any]:
+    """Affine, then batch norm (train or test mode, through ``bn_param``), then ReLU.
+
+    Parameters
+    ----------
+    x, w, b : as for :func:`fastlayers.affine_forward`
+    gamma, beta, bn_param : as for :func:`fastlayers.batchnorm_forward`,
+        with D the affine layer's M.
+    out : ndarray, optional
+        Where to write the result: exactly shape (N, M) and the result
+        dtype, C-contiguous, writeable, overlapping no input.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        ``((x, w, b), BatchNormCache)`` in train mode, for
+        :func:`affine_batchnorm_relu_backward`; ``((x, w, b), None)`` in test mode.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers
+    >>> x = np.array([[1.0], [3.0]]); w = np.array([[1.0, -1.0]])
+    >>> out, cache = fastlayers.affine_batchnorm_relu_forward(x, w, np.zeros(2), np.ones(2), np.zeros(2),
+    ...                                                       {"mode": "train"})
+    >>> np.round(out, 4)
+    array([[0., 1.],
+           [1., 0.]])
+    """
+    func = "affine_batchnorm_relu_forward"
+    fc_args = affine_setup(func, x, w, b)
+    # Check the batch norm's arguments before any work, against a stand-in
+    # of the affine output's shape and dtype.
+    stand_in = np.broadcast_to(np.empty((), fc_args["dtype"]), (fc_args["n"], fc_args["m"]))
+    bn_args = batchnorm_setup(func, stand_in, gamma, beta, bn_param, x_name="the affine output")
+    if out is not None:  # out may not overlap x, w or b either, which the product reads
+        check_overlaps(func, {"out": np.asarray(out)}, {name: fc_args[name] for name in ("x", "w", "b")})
+    bn_args["x"], _ = affine_product(func, fc_args, None, relu=False)
+    result, bn_cache = batchnorm_apply(func, bn_args, bn_param, out, relu=True)
+    return result, ((x, w, b), bn_cache)
+
+
+def affine_batchnorm_relu_backward(
+    dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any = None, db: Any = None, dgamma: Any = None,
+    dbeta: Any = None,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Gradients (dx, dw, db, dgamma, dbeta) of a train-mode
+    :func:`affine_batchnorm_relu_forward`.
+
+    Optional result arrays follow the single layers' rules; none of them
+    may overlap an input or another result.
+    """
+    func = "affine_batchnorm_relu_backward"
+    fc_cache, bn_cache = _unpack(func, cache, BatchNormCache, "affine_batchnorm_relu_forward in train mode")
+    bn_cache.check(func)
+    douta = as_float_array(dout, func, "dout")
+    # The affine part's checks, against a stand-in of the batch norm's dx.
+    dpre_dtype = np.result_type(douta, bn_cache.dtype)
+    plan = affine_gradient_plan(func, np.broadcast_to(np.empty((), dpre_dtype), douta.shape), fc_cache, dx, dw, db)
+    supplied = {name: np.asarray(array) for name, array in
+                {"dx": dx, "dw": dw, "db": db, "dgamma": dgamma, "dbeta": dbeta}.items() if array is not None}
+    if supplied:  # results are written while every input may still be read
+        check_overlaps(func, supplied, {"dout": douta, "cache x": np.asarray(fc_cache[0]),
+                                        "cache w": np.asarray(fc_cache[1]), "cache gamma": bn_cache.gamma,
+                                        "cache beta": bn_cache.beta})
+    dpre, dgamma, dbeta = batchnorm_gradients(func, douta, bn_cache, None, dgamma, dbeta, relu_column_sums=plan["db"])
+    n, d = plan["n"], plan["d"]
+    affine_input_gradients(ensure_blas()(0), dpre, *plan["x"], *plan["w"], plan["dx"].reshape(n, d), plan["dw"])
+    return plan["dx"], plan["dw"], plan["db"], dgamma, dbeta

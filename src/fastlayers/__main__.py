@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers bench [options]``."""
+"""Command line: ``python -m fastlayers bench [options]`` and ``python -m fastlayers train [options]``."""
 
 from __future__ import annotations
 
@@ -24,11 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also write a log-log PNG plot (needs matplotlib)")
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    train = commands.add_parser("train", help="train a NumPy MLP on the digits, on the reference layers and on fastlayers")
+    train.add_argument("--epochs", type=_positive_int, default=15)
+    train.add_argument("--batch-size", type=_positive_int, default=100)
+    train.add_argument("--hidden", type=_positive_int, nargs="+", default=[256, 256], metavar="WIDTH",
+                       help="hidden layer widths (default 256 256)")
+    train.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    train.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--plot", metavar="PATH", default="fastlayers-train.png",
+                       help="PNG of the two loss curves, if matplotlib is installed (default %(default)s; '' for none)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from .bench import run
 
         return run(args)
+    if args.command == "train":
+        from .train import run as run_training
+
+        return run_training(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

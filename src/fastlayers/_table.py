@@ -1,20 +1,25 @@
-"""One table of the six layers, driving both the tests and the benchmarks.
+"""One table of the layers, driving both the tests and the benchmarks.
 
 Each entry pairs a fastlayers function with its twin in
 ``fastlayers.reference`` and knows how to build seeded inputs of a given
 size for either implementation (a backward entry runs the matching forward
-to obtain its cache).
+to obtain its cache). Besides the six layers it holds the sandwiches (with
+a third implementation, "composed": fastlayers' single layers called one
+after the other, the baseline the fused sandwiches must beat) and
+``batchnorm_step``: batch norm's forward and backward in one training step,
+fastlayers writing into preallocated arrays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from . import layers, reference
+from . import layers, reference, sandwiches
 
 # Benchmark sizes: (N, D) for ReLU and batch norm, (N, D, M) for affine.
 SIZES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -23,7 +28,31 @@ SIZES: dict[str, dict[str, tuple[int, ...]]] = {
     "large": {"nd": (4096, 4096), "affine": (1024, 3072, 1024)},
 }
 
-IMPLEMENTATIONS = {"fastlayers": layers, "reference": reference}
+
+
+def _batchnorm_step(single: Any, preallocated: bool) -> Any:
+    """Train-mode batch norm forward then backward; into ``buffers`` if ``preallocated``."""
+
+    def batchnorm_step(x, gamma, beta, dout, buffers):
+        if not preallocated:
+            _, cache = single.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+            return single.batchnorm_backward(dout, cache)
+        _, cache = single.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=buffers["out"])
+        return single.batchnorm_backward(dout, cache, dx=buffers["dx"], dgamma=buffers["dgamma"],
+                                         dbeta=buffers["dbeta"])
+
+    return batchnorm_step
+
+
+def _namespace(*modules: Any, **extra: Any) -> SimpleNamespace:
+    return SimpleNamespace(**{name: getattr(m, name) for m in modules for name in m.__all__}, **extra)
+
+
+IMPLEMENTATIONS = {
+    "fastlayers": _namespace(layers, sandwiches, batchnorm_step=_batchnorm_step(layers, preallocated=True)),
+    "reference": _namespace(reference, batchnorm_step=_batchnorm_step(reference, preallocated=False)),
+    "composed": reference.compose_sandwiches(layers),
+}
 
 
 def _affine_inputs(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> dict[str, np.ndarray]:
@@ -33,6 +62,8 @@ def _affine_inputs(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any)
         "w": (rng.standard_normal((d, m)) / np.sqrt(max(d, 1))).astype(dtype),
         "b": rng.standard_normal(m).astype(dtype),
         "dout": rng.standard_normal((n, m)).astype(dtype),
+        "gamma": rng.standard_normal(m).astype(dtype),  # for the batch-norm sandwich
+        "beta": rng.standard_normal(m).astype(dtype),
     }
 
 
@@ -53,6 +84,7 @@ class Layer:
     name: str
     family: str  # "affine" or "nd"
     args: Callable[[Any, dict[str, np.ndarray]], tuple]
+    sandwich: bool = False  # also implemented as "composed"
 
     def function(self, implementation: str) -> Callable[..., Any]:
         return getattr(IMPLEMENTATIONS[implementation], self.name)
@@ -77,6 +109,23 @@ LAYERS = [
           lambda impl, a: (a["x"], a["gamma"], a["beta"], {"mode": "train"})),
     Layer("batchnorm_backward", "nd",
           lambda impl, a: (a["dout"], impl.batchnorm_forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})[1])),
+    Layer("affine_relu_forward", "affine", lambda impl, a: (a["x"], a["w"], a["b"]), sandwich=True),
+    Layer("affine_relu_backward", "affine",
+          lambda impl, a: (a["dout"], impl.affine_relu_forward(a["x"], a["w"], a["b"])[1]), sandwich=True),
+    Layer("affine_batchnorm_relu_forward", "affine",
+          lambda impl, a: (a["x"], a["w"], a["b"], a["gamma"], a["beta"], {"mode": "train"}), sandwich=True),
+    Layer("affine_batchnorm_relu_backward", "affine",
+          lambda impl, a: (a["dout"], impl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"], a["gamma"],
+                                                                         a["beta"], {"mode": "train"})[1]),
+          sandwich=True),
 ]
 
-BY_NAME = {layer.name: layer for layer in LAYERS}
+# Not a layer of its own: one training step of batch norm, for the bench's
+# comparison with PyTorch's forward + backward.
+BATCHNORM_STEP = Layer(
+    "batchnorm_step", "nd",
+    lambda impl, a: (a["x"], a["gamma"], a["beta"], a["dout"],
+                     {"out": np.empty_like(a["x"]), "dx": np.empty_like(a["x"]),
+                      "dgamma": np.empty_like(a["gamma"]), "dbeta": np.empty_like(a["beta"])}))
+
+BY_NAME = {layer.name: layer for layer in [*LAYERS, BATCHNORM_STEP]}

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from . import __version__
-from ._table import LAYERS, SIZES, Layer
+from ._table import BATCHNORM_STEP, LAYERS, SIZES, Layer
 
 DTYPES = ("float32", "float64")
 
@@ -38,8 +38,12 @@ DTYPES = ("float32", "float64")
 # ReLU fwd reads x, writes out; bwd reads dout and x, writes dx; batch-norm
 # fwd reads x for the statistics, again to normalise, writes out; bwd reads
 # dout and x for the reductions, both again for dx, writes dx. Each has one
-# fresh (N, D) output, whose first-touch cost the floor includes.
-ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "batchnorm_backward": 5}
+# fresh (N, D) output, whose first-touch cost the floor includes, except
+# the batch-norm training step (forward + backward), whose outputs are
+# preallocated.
+ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "batchnorm_backward": 5,
+                "batchnorm_step": 8}
+FRESH_OUTPUTS = {"batchnorm_step": 0}
 
 
 @numba.njit(parallel=True, cache=True)
@@ -80,6 +84,7 @@ class Row:
     bytes_moved: int | None = None
     floor_s: float | None = None
     blas_s: float | None = None
+    composed_s: float | None = None  # sandwiches: fastlayers' single layers one after the other
 
     @property
     def speedup(self) -> float:
@@ -109,6 +114,8 @@ def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], An
         return lambda: torch.relu(t["x"])
     if name == "batchnorm_forward":
         return lambda: functional.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True)
+    if name not in ("affine_backward", "relu_backward", "batchnorm_backward", "batchnorm_step"):
+        return None
     # Backward: autograd through the forward graph, kept for reuse.
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"}
     if name == "affine_backward":
@@ -117,9 +124,16 @@ def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], An
     elif name == "relu_backward":
         out = torch.relu(leaves["x"])
         inputs_ = [leaves["x"]]
-    else:
+    elif name == "batchnorm_backward":
         out = functional.batch_norm(leaves["x"], None, None, leaves["gamma"], leaves["beta"], training=True)
         inputs_ = [leaves["x"], leaves["gamma"], leaves["beta"]]
+    else:  # batchnorm_step: a training step builds the graph anew, then differentiates it
+
+        def step():
+            out = functional.batch_norm(leaves["x"], None, None, leaves["gamma"], leaves["beta"], training=True)
+            return torch.autograd.grad(out, [leaves["x"], leaves["gamma"], leaves["beta"]], grad_outputs=t["dout"])
+
+        return step
     return lambda: torch.autograd.grad(out, inputs_, grad_outputs=t["dout"], retain_graph=True)
 
 
@@ -149,7 +163,7 @@ def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 9) -> tu
 
 def _blas_baseline(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], Any]:
     x, w, dout = inputs["x"], inputs["w"], inputs["dout"]
-    if layer.name == "affine_forward":
+    if layer.name.endswith("forward"):
         return lambda: x @ w
     return lambda: (dout @ w.T, x.T @ dout)
 
@@ -159,7 +173,7 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
     rng = np.random.default_rng(0)
     inputs = layer.inputs(rng, size, dtype)
     calls: dict[str, Callable[[], Any]] = {}
-    for implementation in ("fastlayers", "reference"):
+    for implementation in ("fastlayers", "reference") + (("composed",) if layer.sandwich else ()):
         function = layer.function(implementation)
         args = layer.call_args(implementation, inputs)
         calls[implementation] = lambda function=function, args=args: function(*args)
@@ -175,11 +189,11 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
         time.sleep(0.5)  # let them go idle before the next measurement
     shape = SIZES[size][layer.family]
     row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
-              blas_s=times.get("blas"))
+              blas_s=times.get("blas"), composed_s=times.get("composed"))
     if layer.name in ARRAY_PASSES:
         array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         row.bytes_moved = ARRAY_PASSES[layer.name] * array_bytes
-        touch = ceilings.first_touch_s[f"{size}/{dtype}"]
+        touch = FRESH_OUTPUTS.get(layer.name, 1) * ceilings.first_touch_s[f"{size}/{dtype}"]
         bandwidth = ceilings.copy_bandwidth_gbs[f"{size}/{dtype}"]
         row.floor_s = row.bytes_moved / (bandwidth * 1e9) + touch
     return row
@@ -262,10 +276,12 @@ def format_table(rows: list[Row], has_torch: bool) -> str:
         if row.floor_s is not None:
             cells.append(f"{100 * row.floor_s / row.fastlayers_s:.0f}% of floor ({row.bytes_moved / 1e6:.1f} MB)")
         elif row.blas_s is not None:
-            bare = "x@w" if row.function == "affine_forward" else "2 products"
+            bare = "x@w" if row.function.endswith("forward") else "2 products"
             cells.append(f"{row.fastlayers_s / row.blas_s:.2f}x bare {bare}")
         else:
             cells.append("-")
+        if row.composed_s is not None:
+            cells[-1] += f"; fused {row.composed_s / row.fastlayers_s:.2f}x composed"
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
@@ -280,8 +296,9 @@ def plot(rows: list[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [layer.name for layer in LAYERS]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    names = [layer.name for layer in [*LAYERS, BATCHNORM_STEP]]
+    n_rows = -(-len(names) // 3)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(14, 4 * n_rows))
     for ax, name in zip(axes.flat, names):
         for dtype, style in zip(DTYPES, ("--", "-")):
             selected = sorted((r for r in rows if r.function == name and r.dtype == dtype),
@@ -291,6 +308,8 @@ def plot(rows: list[Row], path: str) -> None:
             work = [int(np.prod(r.shape)) for r in selected]
             ax.plot(work, [r.fastlayers_s for r in selected], "o" + style, color="C0", label=f"fastlayers {dtype}")
             ax.plot(work, [r.reference_s for r in selected], "s" + style, color="C1", label=f"reference {dtype}")
+            if any(r.composed_s for r in selected):
+                ax.plot(work, [r.composed_s for r in selected], "d" + style, color="C3", label=f"composed {dtype}")
             if any(r.torch_s for r in selected):
                 ax.plot(work, [r.torch_s for r in selected], "^" + style, color="C2", label=f"torch {dtype}")
             floors = [r.floor_s or r.blas_s for r in selected]
@@ -303,6 +322,8 @@ def plot(rows: list[Row], path: str) -> None:
         ax.set_xlabel("elements (N*D, or N*D*M for affine)")
         ax.set_ylabel("seconds (median)")
         ax.legend(fontsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -337,7 +358,7 @@ def run(args: Any) -> int:
                 SIZES[size]["nd"], dtype)
 
     rows = []
-    plan = [(layer, dtype, size) for size in sizes for dtype in dtypes for layer in LAYERS]
+    plan = [(layer, dtype, size) for size in sizes for dtype in dtypes for layer in [*LAYERS, BATCHNORM_STEP]]
     for index, (layer, dtype, size) in enumerate(plan, 1):
         progress(f"[{index}/{len(plan)}] {layer.name} {dtype} {size}")
         rows.append(bench_row(layer, dtype, size, ceilings, repeats, budget, has_torch))
@@ -352,7 +373,10 @@ def run(args: Any) -> int:
     print("copy bandwidth (parallel copy of one (N, D) array into a reused one): " + ", ".join(
         f"{key} {value:.1f} GB/s" for key, value in ceilings.copy_bandwidth_gbs.items()))
     print(f"medians of up to {repeats} alternating repeats after a warm-up call; "
-          f"% of floor = (bytes / copy bandwidth + first touch of fresh outputs) / time\n")
+          f"% of floor = (bytes / copy bandwidth + first touch of fresh outputs) / time")
+    print("sandwiches: 'fused Nx composed' = time of fastlayers' single layers called one after the other / "
+          "the fused sandwich's; batchnorm_step = forward + backward in train mode, fastlayers into "
+          "preallocated arrays\n")
     print(format_table(rows, has_torch))
     print()
     if "cold_compile_all_s" in compile_times:

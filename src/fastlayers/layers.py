@@ -141,9 +141,12 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None)
     return result, (x, w, b)
 
 
-def affine_gradient_plan(func: str, douta: np.ndarray, cache: Any, dx: Any, dw: Any, db: Any) -> dict[str, Any]:
+def affine_gradient_plan(func: str, dout_shape: tuple[int, ...], dout_dtype: np.dtype, cache: Any, dx: Any, dw: Any,
+                         db: Any, read: dict[str, np.ndarray]) -> dict[str, Any]:
     """Checked operands and result arrays (the caller's or new) for the
-    gradients of the affine layer whose cache is (x, w, b), given dout."""
+    gradients of the affine layer whose cache is (x, w, b), for a dout of
+    ``dout_shape`` and ``dout_dtype``; ``read``: the other arrays the
+    computation reads, which the results may not overlap."""
     if not isinstance(cache, (tuple, list)) or len(cache) != 3:
         raise ValueError(
             f"{func}: cache must be the (x, w, b) tuple returned by affine_forward, "
@@ -152,11 +155,13 @@ def affine_gradient_plan(func: str, douta: np.ndarray, cache: Any, dx: Any, dw: 
     xa = as_float_array(cache[0], func, "cache x")
     wa = as_float_array(cache[1], func, "cache w")
     n, d, m = _affine_operands(func, xa, wa)
-    check_shape(douta, (n, m), func, "dout", f"affine_forward's output for x {xa.shape} and w {wa.shape}")
-    dtype = np.result_type(douta, xa, wa)
+    if dout_shape != (n, m):
+        raise ValueError(f"{func}: dout has shape {dout_shape} but affine_forward's output for x {xa.shape} "
+                         f"and w {wa.shape} needs shape {(n, m)}")
+    dtype = np.result_type(dout_dtype, xa, wa)
     (dx, dw, db), _ = prepare_outputs(
-        func, (("dx", dx, xa.shape, dtype), ("dw", dw, (d, m), dtype), ("db", db, (m,), douta.dtype)),
-        {"dout": douta, "cache x": xa, "cache w": wa})
+        func, (("dx", dx, xa.shape, dtype), ("dw", dw, (d, m), dtype), ("db", db, (m,), dout_dtype)),
+        {"cache x": xa, "cache w": wa, **read})
     x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
     w_op, w_is_t = _blas_operand(wa, dtype)
     return {"n": n, "d": d, "m": m, "dtype": dtype, "x": (x_op, x_is_t), "w": (w_op, w_is_t),
@@ -169,7 +174,7 @@ def affine_gradients(func: str, dout: ArrayLike, cache: Any, relu_mask: ReluMask
     into checked (or new) dx, dw, db. With ``relu_mask``, dout is the
     gradient of the ReLU that followed it, applied in the same pass as db."""
     douta = as_float_array(dout, func, "dout")
-    plan = affine_gradient_plan(func, douta, cache, dx, dw, db)
+    plan = affine_gradient_plan(func, douta.shape, douta.dtype, cache, dx, dw, db, {"dout": douta})
     n, d, m, dtype = plan["n"], plan["d"], plan["m"], plan["dtype"]
     if relu_mask is None:
         kept, dpre = NO_MASK_2D, np.empty((0, 0), dtype=dtype)
@@ -327,29 +332,11 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
     return result
 
 
-def _real_param(bn_param: MutableMapping[str, Any], key: str, default: float) -> float:
-    value = bn_param.get(key, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"batchnorm_forward: bn_param[{key!r}] must be a real number, got {value!r}"
-        ) from None
-
-
-def _running_stat(bn_param: MutableMapping[str, Any], key: str, d: int, dtype: np.dtype) -> np.ndarray:
-    if key not in bn_param:
-        return np.zeros(d, dtype=dtype)
-    stat = as_float_array(bn_param[key], "batchnorm_forward", f"bn_param[{key!r}]")
-    check_shape(stat, (d,), "batchnorm_forward", f"bn_param[{key!r}]", f"x with D = {d}")
-    return stat
-
-
-def batchnorm_setup(func: str, x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
+def batchnorm_setup(func: str, shape: tuple[int, ...], dtype: np.dtype, gamma: ArrayLike, beta: ArrayLike,
                     bn_param: MutableMapping[str, Any], x_name: str = "x") -> dict[str, Any]:
-    """Checked batch-norm arguments: x, gamma, beta, mode, eps, momentum,
-    and the running statistics (zeros of x's dtype where bn_param has none).
-    ``x_name`` names x in messages."""
+    """Checked batch-norm arguments for an x of ``shape`` (2-D) and ``dtype``:
+    gamma, beta, mode, eps, momentum, and the running statistics (zeros of
+    x's dtype where bn_param has none). ``x_name`` names x in messages."""
     if not isinstance(bn_param, MutableMapping):
         raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
     try:
@@ -358,21 +345,19 @@ def batchnorm_setup(func: str, x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
         raise KeyError(f"{func}: bn_param['mode'] is required ('train' or 'test')") from None
     if not isinstance(mode, str) or mode not in ("train", "test"):
         raise ValueError(f'{func}: Invalid forward batchnorm mode "{mode}" in bn_param[\'mode\']; use "train" or "test"')
-    xa = as_float_array(x, func, x_name)
-    check_ndim(xa, 2, func, x_name, "(N, D)")
-    n, d = xa.shape
+    n, d = shape
     gamma_a = as_float_array(gamma, func, "gamma")
     beta_a = as_float_array(beta, func, "beta")
-    check_shape(gamma_a, (d,), func, "gamma", f"{x_name} of shape {xa.shape}")
-    check_shape(beta_a, (d,), func, "beta", f"{x_name} of shape {xa.shape}")
+    check_shape(gamma_a, (d,), func, "gamma", f"{x_name} of shape {shape}")
+    check_shape(beta_a, (d,), func, "beta", f"{x_name} of shape {shape}")
     if mode == "train" and n == 0:
-        raise ValueError(f"{func}: {x_name} has shape {xa.shape}; train mode needs N >= 1 rows for batch statistics")
+        raise ValueError(f"{func}: {x_name} has shape {shape}; train mode needs N >= 1 rows for batch statistics")
     return {
-        "x": xa, "gamma": gamma_a, "beta": beta_a, "mode": mode,
+        "gamma": gamma_a, "beta": beta_a, "mode": mode,
         "eps": _real_param(func, bn_param, "eps", 1e-5),
         "momentum": _real_param(func, bn_param, "momentum", 0.9),
-        "running_mean": _running_stat(func, bn_param, "running_mean", d, xa.dtype),
-        "running_var": _running_stat(func, bn_param, "running_var", d, xa.dtype),
+        "running_mean": _running_stat(func, bn_param, "running_mean", d, dtype),
+        "running_var": _running_stat(func, bn_param, "running_var", d, dtype),
     }
 
 
@@ -392,16 +377,12 @@ def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: in
     return stat
 
 
-# The running-statistics update below follows IEEE arithmetic like the
-# kernels do and stays silent on NaN/Inf/overflow, as the kernels are (no
-# RuntimeWarning that a warnings-as-errors caller would get as an exception).
-@np.errstate(all="ignore")
-def batchnorm_apply(func: str, args: dict[str, Any], bn_param: MutableMapping[str, Any], out: Any,
-                    relu: bool) -> tuple[np.ndarray, BatchNormCache | None]:
-    """Batch norm of ``batchnorm_setup``'s ``args`` into a checked (or new)
-    ``out``, with a ReLU after it when ``relu``; rebinds bn_param's running
-    statistics."""
-    xa, gamma_a, beta_a = args["x"], args["gamma"], args["beta"]
+def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: MutableMapping[str, Any],
+                    out: Any, relu: bool) -> tuple[np.ndarray, BatchNormCache | None]:
+    """Batch norm of x (N, D) with ``batchnorm_setup``'s ``args`` into a
+    checked (or new) ``out``, with a ReLU after it when ``relu``; rebinds
+    bn_param's running statistics."""
+    gamma_a, beta_a = args["gamma"], args["beta"]
     n, d = xa.shape
     running_mean, running_var = args["running_mean"], args["running_var"]
     train = args["mode"] == "train"
@@ -409,20 +390,24 @@ def batchnorm_apply(func: str, args: dict[str, Any], bn_param: MutableMapping[st
         xa, gamma_a, beta_a, running_mean, running_var)
     # In test mode an in-place call is exact (each element is read before it
     # is written); in train mode the cache keeps x, which out would overwrite.
-    inputs = {"x": xa, "gamma": gamma_a, "beta": beta_a,
-              "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var}
-    (out,), _ = prepare_outputs(func, (("out", out, (n, d), dtype),), inputs, () if train else (("out", "x"),))
+    (out,), _ = prepare_outputs(
+        func, (("out", out, (n, d), dtype),),
+        {"x": xa, "gamma": gamma_a, "beta": beta_a,
+         "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var},
+        () if train else (("out", "x"),))
     x_c = np.ascontiguousarray(xa)
     cache = None
     if train:
         center = np.empty(d)
         var = np.empty(d)
-        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var)
+        # New arrays for the running statistics (the caller's are never
+        # modified), in the dtype NumPy gives the seed's update.
+        new_mean = np.empty(d, np.result_type(running_mean, xa))
+        new_var = np.empty(d, np.result_type(running_var, xa))
+        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, args["momentum"],
+                         running_mean, running_var, new_mean, new_var)
         cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype)
-        # The seed's sample statistics have x's dtype; so do its running updates.
-        momentum = args["momentum"]
-        running_mean = momentum * running_mean + (1 - momentum) * center.astype(xa.dtype)
-        running_var = momentum * running_var + (1 - momentum) * var.astype(xa.dtype)
+        running_mean, running_var = new_mean, new_var
     else:
         center = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
@@ -478,8 +463,12 @@ def batchnorm_forward(
     array([0.2, 0.4])
     """
     func = "batchnorm_forward"
-    args = batchnorm_setup(func, x, gamma, beta, bn_param)
-    return batchnorm_apply(func, args, bn_param, out, relu=False)
+    if not isinstance(bn_param, MutableMapping):  # checked before x, as it was first
+        raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
+    xa = as_float_array(x, func, "x")
+    check_ndim(xa, 2, func, "x", "(N, D)")
+    args = batchnorm_setup(func, xa.shape, xa.dtype, gamma, beta, bn_param)
+    return batchnorm_apply(func, xa, args, bn_param, out, relu=False)
 
 
 def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma: Any, dbeta: Any,

@@ -9,6 +9,8 @@ no argument checking beyond what NumPy itself does.
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -140,37 +142,47 @@ def batchnorm_backward(
     return dx, dgamma, dbeta
 
 
-# The sandwiches, composed from the layers above as CS231n's layer_utils does.
+# The sandwiches, composed from single layers as CS231n's layer_utils does.
+# One definition serves two compositions: of the layers above (the reference
+# sandwiches) and of fastlayers' single layers (the baseline that the fused
+# sandwiches are measured against).
 
 
-def affine_relu_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """relu(affine(x)); cache = (affine cache, relu cache)."""
-    a, fc_cache = affine_forward(x, w, b)
-    out, relu_cache = relu_forward(a)
-    return out, (fc_cache, relu_cache)
+def compose_sandwiches(single: Any) -> SimpleNamespace:
+    """The four sandwiches built from the six layers of module ``single``."""
+
+    def affine_relu_forward(x, w, b):
+        """relu(affine(x)); cache = (affine cache, relu cache)."""
+        a, fc_cache = single.affine_forward(x, w, b)
+        out, relu_cache = single.relu_forward(a)
+        return out, (fc_cache, relu_cache)
+
+    def affine_relu_backward(dout, cache):
+        """Gradients (dx, dw, db) of affine_relu_forward."""
+        fc_cache, relu_cache = cache
+        return single.affine_backward(single.relu_backward(dout, relu_cache), fc_cache)
+
+    def affine_batchnorm_relu_forward(x, w, b, gamma, beta, bn_param):
+        """relu(batchnorm(affine(x))); cache = (affine, batch-norm, relu caches)."""
+        a, fc_cache = single.affine_forward(x, w, b)
+        normalized, bn_cache = single.batchnorm_forward(a, gamma, beta, bn_param)
+        out, relu_cache = single.relu_forward(normalized)
+        return out, (fc_cache, bn_cache, relu_cache)
+
+    def affine_batchnorm_relu_backward(dout, cache):
+        """Gradients (dx, dw, db, dgamma, dbeta) of a train-mode affine_batchnorm_relu_forward."""
+        fc_cache, bn_cache, relu_cache = cache
+        da, dgamma, dbeta = single.batchnorm_backward(single.relu_backward(dout, relu_cache), bn_cache)
+        dx, dw, db = single.affine_backward(da, fc_cache)
+        return dx, dw, db, dgamma, dbeta
+
+    return SimpleNamespace(affine_relu_forward=affine_relu_forward, affine_relu_backward=affine_relu_backward,
+                           affine_batchnorm_relu_forward=affine_batchnorm_relu_forward,
+                           affine_batchnorm_relu_backward=affine_batchnorm_relu_backward)
 
 
-def affine_relu_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients (dx, dw, db) of :func:`affine_relu_forward`."""
-    fc_cache, relu_cache = cache
-    da = relu_backward(dout, relu_cache)
-    return affine_backward(da, fc_cache)
-
-
-def affine_batchnorm_relu_forward(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_param: dict[str, Any]
-) -> tuple[np.ndarray, tuple]:
-    """relu(batchnorm(affine(x))); cache = (affine, batch-norm, relu caches)."""
-    a, fc_cache = affine_forward(x, w, b)
-    normalized, bn_cache = batchnorm_forward(a, gamma, beta, bn_param)
-    out, relu_cache = relu_forward(normalized)
-    return out, (fc_cache, bn_cache, relu_cache)
-
-
-def affine_batchnorm_relu_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
-    """Gradients (dx, dw, db, dgamma, dbeta) of a train-mode :func:`affine_batchnorm_relu_forward`."""
-    fc_cache, bn_cache, relu_cache = cache
-    dnormalized = relu_backward(dout, relu_cache)
-    da, dgamma, dbeta = batchnorm_backward(dnormalized, bn_cache)
-    dx, dw, db = affine_backward(da, fc_cache)
-    return dx, dw, db, dgamma, dbeta
+_sandwiches = compose_sandwiches(sys.modules[__name__])
+affine_relu_forward = _sandwiches.affine_relu_forward
+affine_relu_backward = _sandwiches.affine_relu_backward
+affine_batchnorm_relu_forward = _sandwiches.affine_batchnorm_relu_forward
+affine_batchnorm_relu_backward = _sandwiches.affine_batchnorm_relu_backward

@@ -123,14 +123,13 @@ def affine_batchnorm_relu_forward(
     """
     func = "affine_batchnorm_relu_forward"
     fc_args = affine_setup(func, x, w, b)
-    # Check the batch norm's arguments before any work, against a stand-in
-    # of the affine output's shape and dtype.
-    stand_in = np.broadcast_to(np.empty((), fc_args["dtype"]), (fc_args["n"], fc_args["m"]))
-    bn_args = batchnorm_setup(func, stand_in, gamma, beta, bn_param, x_name="the affine output")
+    # The batch norm's arguments are checked before any work is done.
+    bn_args = batchnorm_setup(func, (fc_args["n"], fc_args["m"]), fc_args["dtype"], gamma, beta, bn_param,
+                              x_name="the affine output")
     if out is not None:  # out may not overlap x, w or b either, which the product reads
         check_overlaps(func, {"out": np.asarray(out)}, {name: fc_args[name] for name in ("x", "w", "b")})
-    bn_args["x"], _ = affine_product(func, fc_args, None, relu=False)
-    result, bn_cache = batchnorm_apply(func, bn_args, bn_param, out, relu=True)
+    pre, _ = affine_product(func, fc_args, None, relu=False)
+    result, bn_cache = batchnorm_apply(func, pre, bn_args, bn_param, out, relu=True)
     return result, ((x, w, b), bn_cache)
 
 
@@ -148,9 +147,8 @@ def affine_batchnorm_relu_backward(
     fc_cache, bn_cache = _unpack(func, cache, BatchNormCache, "affine_batchnorm_relu_forward in train mode")
     bn_cache.check(func)
     douta = as_float_array(dout, func, "dout")
-    # The affine part's checks, against a stand-in of the batch norm's dx.
-    dpre_dtype = np.result_type(douta, bn_cache.dtype)
-    plan = affine_gradient_plan(func, np.broadcast_to(np.empty((), dpre_dtype), douta.shape), fc_cache, dx, dw, db)
+    # The affine part's checks come first, for the batch norm's dx to come.
+    plan = affine_gradient_plan(func, douta.shape, np.result_type(douta, bn_cache.dtype), fc_cache, dx, dw, db, {})
     supplied = {name: np.asarray(array) for name, array in
                 {"dx": dx, "dw": dw, "db": db, "dgamma": dgamma, "dbeta": dbeta}.items() if array is not None}
     if supplied:  # results are written while every input may still be read

@@ -48,8 +48,12 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_stats(x, n_parts, rows_per_block, mean, var):
-    """mean[j], var[j] (biased) of x[:, j], two-pass quality, float64."""
+def _batchnorm_stats(x, n_parts, rows_per_block, mean, var, momentum, running_mean, running_var,
+                     new_running_mean, new_running_var):
+    """mean[j], var[j] (biased) of x[:, j], two-pass quality, float64; and the
+    running statistics' update ``momentum * running + (1 - momentum) * sample``
+    into the new arrays, in the dtypes NumPy would use for it (momentum in
+    the running array's dtype, the sample in x's)."""
     n_rows, n_features = x.shape
     part_mean = np.zeros((n_parts, n_features))
     part_m2 = np.zeros((n_parts, n_features))
@@ -86,6 +90,12 @@ def _batchnorm_stats(x, n_parts, rows_per_block, mean, var):
                                     start, stop)
         for j in range(start, stop):
             var[j] /= n_rows
+    mean_kept = running_mean.dtype.type(momentum)
+    var_kept = running_var.dtype.type(momentum)
+    sample_weight = x.dtype.type(1.0 - momentum)
+    for j in range(n_features):
+        new_running_mean[j] = running_mean[j] * mean_kept + x.dtype.type(mean[j]) * sample_weight
+        new_running_var[j] = running_var[j] * var_kept + x.dtype.type(var[j]) * sample_weight
 
 
 @numba.njit(inline="always")

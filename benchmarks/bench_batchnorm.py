@@ -1,6 +1,8 @@
 """asv benchmarks of the batchnorm layer: time, peak memory, speed-up."""
 
-from ._common import _LayerFamily, _LayerFamilyMemory, _LayerFamilySpeedup
+from fastlayers._table import SIZES
+
+from ._common import DTYPES, IMPLEMENTATIONS, _LayerFamily, _LayerFamilyMemory, _LayerFamilySpeedup, prepared_call
 
 
 class TimeBatchNorm(_LayerFamily):
@@ -15,3 +17,17 @@ class PeakMemBatchNorm(_LayerFamilyMemory):
 class SpeedupBatchNorm(_LayerFamilySpeedup):
     forward = "batchnorm_forward"
     backward = "batchnorm_backward"
+
+
+class TimeBatchNormStep:
+    """Forward + backward in train mode; fastlayers writes into preallocated arrays."""
+
+    params = (DTYPES, list(SIZES), IMPLEMENTATIONS)
+    param_names = ["dtype", "size", "implementation"]
+    timeout = 300
+
+    def setup(self, dtype, size, implementation):
+        self.step = prepared_call("batchnorm_step", implementation, dtype, size)
+
+    def time_step(self, dtype, size, implementation):
+        self.step()

@@ -23,11 +23,11 @@ class BatchNormCache(Mapping):
     ``x`` between the forward and the backward call changes the gradient.
     """
 
-    __slots__ = ("x", "gamma", "beta", "mean", "var", "eps", "dtype")
+    __slots__ = ("x", "gamma", "beta", "mean", "var", "eps", "dtype", "n_total", "comm")
 
     def __init__(
         self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float,
-        dtype: np.dtype,
+        dtype: np.dtype, n_total: int, comm: object = None,
     ) -> None:
         self.x = x  # C-contiguous (N, D), float32 or float64
         self.gamma = gamma  # (D,)
@@ -36,6 +36,8 @@ class BatchNormCache(Mapping):
         self.var = var  # (D,) float64, biased
         self.eps = eps
         self.dtype = dtype
+        self.n_total = n_total  # rows in the whole batch: x's own, or all ranks' with comm
+        self.comm = comm  # the MPI communicator of a synchronised forward, else None
 
     def check(self, func: str) -> None:
         """Raise ValueError if the cache's parts no longer fit together.
@@ -52,6 +54,7 @@ class BatchNormCache(Mapping):
                   and type(var) is np.ndarray and var.shape == (d,) and var.dtype == np.float64)
             for part in (self.gamma, self.beta):
                 ok = ok and type(part) is np.ndarray and part.shape == (d,) and part.dtype.char in "fd"
+            ok = ok and type(self.n_total) is int and self.n_total >= max(1, x.shape[0])
         except (AttributeError, IndexError, TypeError):
             ok = False
         if not ok:

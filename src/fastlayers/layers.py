@@ -17,7 +17,15 @@ from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import ensure_blas
 from ._kernels._twins import n_row_parts
 from ._kernels.affine import _affine_backward, _affine_forward
-from ._kernels.batchnorm import _batchnorm_backward, _batchnorm_normalize, _batchnorm_stats, block_rows
+from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
+from ._kernels.batchnorm import (
+    _batchnorm_backward,
+    _batchnorm_backward_sums,
+    _batchnorm_normalize,
+    _batchnorm_stats,
+    block_rows,
+    update_running,
+)
 from ._kernels.relu import _relu_backward, _relu_forward
 from ._validation import (
     as_float_array,
@@ -333,10 +341,11 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
 
 
 def batchnorm_setup(func: str, shape: tuple[int, ...], dtype: np.dtype, gamma: ArrayLike, beta: ArrayLike,
-                    bn_param: MutableMapping[str, Any], x_name: str = "x") -> dict[str, Any]:
+                    bn_param: MutableMapping[str, Any], comm: Any = None, x_name: str = "x") -> dict[str, Any]:
     """Checked batch-norm arguments for an x of ``shape`` (2-D) and ``dtype``:
     gamma, beta, mode, eps, momentum, and the running statistics (zeros of
-    x's dtype where bn_param has none). ``x_name`` names x in messages."""
+    x's dtype where bn_param has none). With ``comm`` a rank may hold no
+    rows (the global batch is checked later). ``x_name`` names x in messages."""
     if not isinstance(bn_param, MutableMapping):
         raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
     try:
@@ -350,7 +359,9 @@ def batchnorm_setup(func: str, shape: tuple[int, ...], dtype: np.dtype, gamma: A
     beta_a = as_float_array(beta, func, "beta")
     check_shape(gamma_a, (d,), func, "gamma", f"{x_name} of shape {shape}")
     check_shape(beta_a, (d,), func, "beta", f"{x_name} of shape {shape}")
-    if mode == "train" and n == 0:
+    if comm is not None:
+        check_communicator(func, comm)
+    elif mode == "train" and n == 0:
         raise ValueError(f"{func}: {x_name} has shape {shape}; train mode needs N >= 1 rows for batch statistics")
     return {
         "gamma": gamma_a, "beta": beta_a, "mode": mode,
@@ -378,10 +389,11 @@ def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: in
 
 
 def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: MutableMapping[str, Any],
-                    out: Any, relu: bool) -> tuple[np.ndarray, BatchNormCache | None]:
+                    out: Any, relu: bool, comm: Any = None) -> tuple[np.ndarray, BatchNormCache | None]:
     """Batch norm of x (N, D) with ``batchnorm_setup``'s ``args`` into a
     checked (or new) ``out``, with a ReLU after it when ``relu``; rebinds
-    bn_param's running statistics."""
+    bn_param's running statistics. With ``comm`` (train mode), the
+    statistics are those of the batch that all ranks hold together."""
     gamma_a, beta_a = args["gamma"], args["beta"]
     n, d = xa.shape
     running_mean, running_var = args["running_mean"], args["running_var"]
@@ -398,15 +410,26 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     x_c = np.ascontiguousarray(xa)
     cache = None
     if train:
-        center = np.empty(d)
-        var = np.empty(d)
+        center = np.zeros(d)
+        var = np.zeros(d)
         # New arrays for the running statistics (the caller's are never
         # modified), in the dtype NumPy gives the seed's update.
         new_mean = np.empty(d, np.result_type(running_mean, xa))
         new_var = np.empty(d, np.result_type(running_var, xa))
-        _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, args["momentum"],
-                         running_mean, running_var, new_mean, new_var)
-        cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype)
+        momentum = args["momentum"]
+        if comm is None:
+            n_total = n
+            _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, momentum,
+                             running_mean, running_var, new_mean, new_var)
+        else:
+            counts = global_rows(func, comm, n, d, xa.dtype)
+            n_total = int(counts.sum())
+            if n > 0:  # this rank's statistics; the running update waits for the global ones
+                _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, momentum,
+                                 running_mean, running_var, new_mean[:0], new_var[:0])
+            merge_statistics(comm, counts, center, var)
+            update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
+        cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype, n_total, comm)
         running_mean, running_var = new_mean, new_var
     else:
         center = running_mean.astype(np.float64)
@@ -418,7 +441,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
 
 
 def batchnorm_forward(
-    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any], *, out: Any = None
+    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, bn_param: MutableMapping[str, Any], *, out: Any = None,
+    comm: Any = None,
 ) -> tuple[FloatArray, BatchNormCache | None]:
     """Forward pass of batch normalization.
 
@@ -436,6 +460,14 @@ def batchnorm_forward(
         dtype, C-contiguous and writeable, sharing memory with no input. In
         test mode it may be x itself; in train mode it may not, because the
         cache keeps x for the backward.
+    comm : mpi4py communicator, optional
+        Synchronised batch norm: in train mode the statistics (and in
+        :func:`batchnorm_backward` the gradient's reductions) are those of
+        the batch formed by every rank's x together, so every rank gets the
+        outputs and gradients of one batch of the concatenated rows, and the
+        same running statistics. Every rank of ``comm`` must make the call,
+        with the same D and dtype; a rank may hold N = 0 rows. Test mode
+        communicates nothing.
 
     Returns
     -------
@@ -467,8 +499,8 @@ def batchnorm_forward(
         raise TypeError(f"{func}: bn_param must be a dict, got {type(bn_param).__name__}")
     xa = as_float_array(x, func, "x")
     check_ndim(xa, 2, func, "x", "(N, D)")
-    args = batchnorm_setup(func, xa.shape, xa.dtype, gamma, beta, bn_param)
-    return batchnorm_apply(func, xa, args, bn_param, out, relu=False)
+    args = batchnorm_setup(func, xa.shape, xa.dtype, gamma, beta, bn_param, comm)
+    return batchnorm_apply(func, xa, args, bn_param, out, relu=False, comm=comm)
 
 
 def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma: Any, dbeta: Any,
@@ -495,8 +527,15 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma:
     (dx, dgamma, dbeta), _ = prepare_outputs(
         func, (("dx", dx, (n, d), dtype), ("dgamma", dgamma, (d,), dtype), ("dbeta", dbeta, (d,), douta.dtype)),
         inputs, () if relu else (("dx", "dout"), ("dx", "cache x")))
-    _batchnorm_backward(n * d, np.ascontiguousarray(douta), cache.x, cache.mean, cache.var, cache.gamma,
-                        cache.beta, cache.eps, np.empty(0, dtype=cache.dtype) if relu else None, n_row_parts(n),
+    dout_c = np.ascontiguousarray(douta)
+    relu_like = np.empty(0, dtype=cache.dtype) if relu else None
+    n_parts = n_row_parts(n)
+    stats = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like)
+    sum_dout, sum_dout_xmu = np.empty(d), np.empty(d)
+    _batchnorm_backward_sums(n * d, dout_c, *stats, n_parts, sum_dout, sum_dout_xmu)
+    if cache.comm is not None:  # the reductions of the global batch
+        sum_dout, sum_dout_xmu = sum_over_ranks(cache.comm, sum_dout, sum_dout_xmu)
+    _batchnorm_backward(n * d, dout_c, *stats, cache.n_total, sum_dout, sum_dout_xmu, n_parts,
                         dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     return dx, dgamma, dbeta
 

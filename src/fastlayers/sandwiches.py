@@ -91,7 +91,7 @@ def affine_relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any
 
 def affine_batchnorm_relu_forward(
     x: ArrayLike, w: ArrayLike, b: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
-    bn_param: MutableMapping[str, Any], *, out: Any = None,
+    bn_param: MutableMapping[str, Any], *, out: Any = None, comm: Any = None,
 ) -> tuple[FloatArray, Any]:
     """Affine, then batch norm (train or test mode, through ``bn_param``), then ReLU.
 
@@ -103,6 +103,10 @@ def affine_batchnorm_relu_forward(
     out : ndarray, optional
         Where to write the result: exactly shape (N, M) and the result
         dtype, C-contiguous, writeable, overlapping no input.
+    comm : mpi4py communicator, optional
+        Synchronised batch norm across the ranks (see
+        :func:`fastlayers.batchnorm_forward`); the affine layer's gradients
+        stay each rank's own, to be reduced like any other weight gradient.
 
     Returns
     -------
@@ -124,12 +128,12 @@ def affine_batchnorm_relu_forward(
     func = "affine_batchnorm_relu_forward"
     fc_args = affine_setup(func, x, w, b)
     # The batch norm's arguments are checked before any work is done.
-    bn_args = batchnorm_setup(func, (fc_args["n"], fc_args["m"]), fc_args["dtype"], gamma, beta, bn_param,
+    bn_args = batchnorm_setup(func, (fc_args["n"], fc_args["m"]), fc_args["dtype"], gamma, beta, bn_param, comm,
                               x_name="the affine output")
     if out is not None:  # out may not overlap x, w or b either, which the product reads
         check_overlaps(func, {"out": np.asarray(out)}, {name: fc_args[name] for name in ("x", "w", "b")})
     pre, _ = affine_product(func, fc_args, None, relu=False)
-    result, bn_cache = batchnorm_apply(func, pre, bn_args, bn_param, out, relu=True)
+    result, bn_cache = batchnorm_apply(func, pre, bn_args, bn_param, out, relu=True, comm=comm)
     return result, ((x, w, b), bn_cache)
 
 

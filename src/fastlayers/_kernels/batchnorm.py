@@ -90,12 +90,43 @@ def _batchnorm_stats(x, n_parts, rows_per_block, mean, var, momentum, running_me
                                     start, stop)
         for j in range(start, stop):
             var[j] /= n_rows
+    _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
+
+
+@numba.njit(inline="always")
+def _update_running(momentum, running_mean, running_var, mean, var, sample_like, new_running_mean,
+                    new_running_var):
+    """new = momentum * running + (1 - momentum) * sample, in the dtypes NumPy
+    uses for the seed's expression: momentum in the running array's dtype,
+    the sample statistics rounded to x's (``sample_like``'s). Empty new
+    arrays: no update (the statistics are not final yet)."""
     mean_kept = running_mean.dtype.type(momentum)
     var_kept = running_var.dtype.type(momentum)
-    sample_weight = x.dtype.type(1.0 - momentum)
-    for j in range(n_features):
-        new_running_mean[j] = running_mean[j] * mean_kept + x.dtype.type(mean[j]) * sample_weight
-        new_running_var[j] = running_var[j] * var_kept + x.dtype.type(var[j]) * sample_weight
+    to_sample = sample_like.dtype.type
+    sample_weight = to_sample(1.0 - momentum)
+    for j in range(new_running_mean.size):
+        new_running_mean[j] = running_mean[j] * mean_kept + to_sample(mean[j]) * sample_weight
+        new_running_var[j] = running_var[j] * var_kept + to_sample(var[j]) * sample_weight
+
+
+@numba.njit(cache=True, error_model="numpy")
+def update_running(momentum, running_mean, running_var, mean, var, sample_like, new_running_mean, new_running_var):
+    """``_update_running`` on its own, for statistics merged outside the kernel."""
+    _update_running(momentum, running_mean, running_var, mean, var, sample_like, new_running_mean, new_running_var)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def merge_rank_statistics(counts, means, m2s, mean, m2):
+    """Merge per-rank (count, mean, M2) rows, in rank order, into mean and m2
+    with Chan et al.'s formula (the parts' merge of ``_batchnorm_stats``);
+    ranks without rows are skipped. Returns the total count."""
+    mean[:] = 0.0
+    m2[:] = 0.0
+    count = 0
+    for rank in range(counts.size):
+        if counts[rank] > 0:
+            count = _chan_merge(count, counts[rank], mean, m2, means[rank], m2s[rank], 0, mean.size)
+    return count
 
 
 @numba.njit(inline="always")
@@ -163,20 +194,11 @@ def _gradient_through_relu_overload(gradient, x_value, center, scale, beta, j, r
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts,
-                        dx, dgamma, dbeta, dx_column_sums):
-    """dx, dgamma, dbeta of the train-mode forward, in two passes over (N, D).
-
-    First pass: sum_i g and sum_i g·(x - mean) per feature, over fixed row
-    parts merged in part order, where g is dout, or, when ``relu_like`` is
-    not None, the gradient through the ReLU that followed the normalise
-    (see ``gradient_through_relu``). Then, per feature, the closed form's
-    coefficients, and the second pass:
-    dx = gamma·ivar · (g - sum(g)/N - (x - mean)·ivar²·sum(g·(x - mean))/N).
-    A non-empty ``dx_column_sums`` receives dx summed over rows (the bias
-    gradient of an affine layer below), by the same parts as
-    ``affine_backward``'s db.
-    """
+def _batchnorm_backward_sums(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts, sum_dout, sum_dout_xmu):
+    """The backward's reductions, float64: sum_i g and sum_i g·(x - mean) per
+    feature, over fixed row parts merged in part order, where g is dout, or,
+    when ``relu_like`` is not None, the gradient through the ReLU that
+    followed the normalise (see ``gradient_through_relu``)."""
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
     part_dout = np.zeros((n_parts, n_features))
@@ -190,27 +212,41 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts
                 gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j, relu_like)
                 p_dout[j] += gradient
                 p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
+    for chunk in prange(n_column_chunks(n_features)):
+        start, stop = column_chunk(n_features, chunk)
+        sum_dout[start:stop] = sum_parts(part_dout, start, stop)
+        sum_dout_xmu[start:stop] = sum_parts(part_dout_xmu, start, stop)
+
+
+@twin(BATCHNORM_THRESHOLD)
+def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sum_dout, sum_dout_xmu, n_parts,
+                        dx, dgamma, dbeta, dx_column_sums):
+    """dx, dgamma, dbeta of the train-mode forward over a batch of ``n_total``
+    rows whose reductions (``_batchnorm_backward_sums``, summed over every
+    process holding part of the batch) are given: per feature the closed
+    form's coefficients, then one pass
+    dx = gamma·ivar · (g - sum(g)/N - (x - mean)·ivar²·sum(g·(x - mean))/N).
+    A non-empty ``dx_column_sums`` receives dx summed over rows (the bias
+    gradient of an affine layer below), by the same parts as
+    ``affine_backward``'s db.
+    """
+    n_rows, n_features = x.shape
+    scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
     gain = np.empty(n_features)
     offset = np.empty(n_features)
     slope = np.empty(n_features)
-    for chunk in prange(n_column_chunks(n_features)):
-        start, stop = column_chunk(n_features, chunk)
-        totals_dout = sum_parts(part_dout, start, stop)
-        totals_dout_xmu = sum_parts(part_dout_xmu, start, stop)
-        for j in range(start, stop):
-            total_dout = totals_dout[j - start]
-            total_dout_xmu = totals_dout_xmu[j - start]
-            ivar = 1.0 / np.sqrt(var[j] + eps)
-            dbeta[j] = total_dout
-            dgamma[j] = ivar * total_dout_xmu
-            gain[j] = gamma[j] * ivar
-            offset[j] = total_dout / n_rows
-            slope[j] = ivar * ivar * total_dout_xmu / n_rows
-            # A feature whose sums are not finite (Inf or NaN in dout) has no
-            # defined gradient: NaN across it, as the seed's 10 steps give
-            # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
-            if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
-                offset[j] = np.nan
+    for j in range(n_features):
+        ivar = 1.0 / np.sqrt(var[j] + eps)
+        dbeta[j] = sum_dout[j]
+        dgamma[j] = ivar * sum_dout_xmu[j]
+        gain[j] = gamma[j] * ivar
+        offset[j] = sum_dout[j] / n_total
+        slope[j] = ivar * ivar * sum_dout_xmu[j] / n_total
+        # A feature whose sums are not finite (Inf or NaN in dout) has no
+        # defined gradient: NaN across it, as the seed's 10 steps give
+        # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
+        if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
+            offset[j] = np.nan
     summing = dx_column_sums.size > 0
     part_sums = np.zeros((n_parts if summing else 0, n_features))
     for part in prange(n_parts):
@@ -226,6 +262,4 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts
     if summing:
         for chunk in prange(n_column_chunks(n_features)):
             start, stop = column_chunk(n_features, chunk)
-            totals = sum_parts(part_sums, start, stop)
-            for j in range(start, stop):
-                dx_column_sums[j] = totals[j - start]
+            dx_column_sums[start:stop] = sum_parts(part_sums, start, stop)

@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 
 import fastlayers as fl
+from fastlayers._distributed import SingleProcessComm
+
+from conftest import normwise_error
 
 SCRIPT = Path(__file__).parent / "scripts" / "mpi_batchnorm.py"
 
@@ -48,6 +51,26 @@ def test_comm_must_be_a_communicator():
     with pytest.raises(TypeError, match="affine_batchnorm_relu_forward: comm must be an MPI communicator"):
         fl.affine_batchnorm_relu_forward(np.ones((3, 2)), np.ones((2, 2)), np.zeros(2), np.ones(2), np.zeros(2),
                                          {"mode": "train"}, comm="world")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_rank_equals_single_process(path, rng, dtype):
+    """The synchronised path with one rank (no MPI needed) gives the plain layer's results."""
+    x = (rng.standard_normal((300, 257)) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    gamma, beta = rng.standard_normal(257).astype(dtype), rng.standard_normal(257).astype(dtype)
+    plain_params, synced_params = {"mode": "train"}, {"mode": "train"}
+    out, cache = fl.batchnorm_forward(x, gamma, beta, plain_params)
+    out_s, cache_s = fl.batchnorm_forward(x, gamma, beta, synced_params, comm=SingleProcessComm())
+    tolerance = 1e-12 if dtype == np.float64 else 1e-6
+    for got, want in zip([out_s, *fl.batchnorm_backward(dout, cache_s), synced_params["running_mean"],
+                          synced_params["running_var"]],
+                         [out, *fl.batchnorm_backward(dout, cache), plain_params["running_mean"],
+                          plain_params["running_var"]]):
+        assert got.dtype == want.dtype
+        assert normwise_error(got, want) <= tolerance
+    with pytest.raises(ValueError, match="global batch is empty"):
+        fl.batchnorm_forward(x[:0], gamma, beta, {"mode": "train"}, comm=SingleProcessComm())
 
 
 def test_fastlayers_does_not_import_mpi():

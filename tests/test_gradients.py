@@ -27,16 +27,19 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
-def test_affine_gradients(path, rng):
+@pytest.mark.parametrize("layer", ["affine", "affine_relu"])
+def test_affine_gradients(path, rng, layer):
+    forward_function = getattr(fl, f"{layer}_forward")
     x = rng.standard_normal((4, 3, 2))
     w = rng.standard_normal((6, 5))
     b = rng.standard_normal(5)
     dout = rng.standard_normal((4, 5))
-    _, cache = fl.affine_forward(x, w, b)
-    dx, dw, db = fl.affine_backward(dout, cache)
+    assert np.min(np.abs(x.reshape(4, 6) @ w + b)) > 1e-4  # the ReLU's kink is beyond the finite difference
+    _, cache = forward_function(x, w, b)
+    dx, dw, db = getattr(fl, f"{layer}_backward")(dout, cache)
 
     def forward():
-        return fl.affine_forward(x, w, b)[0]
+        return forward_function(x, w, b)[0]
 
     assert relative_error(dx, numerical_gradient(forward, x, dout)) < 1e-7
     assert relative_error(dw, numerical_gradient(forward, w, dout)) < 1e-7

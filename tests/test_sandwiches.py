@@ -159,24 +159,6 @@ def _reference_dnormalized(a):
     return ref.relu_backward(a["dout"], normalized), bn_cache
 
 
-def test_affine_relu_gradients(path, rng):
-    x = rng.standard_normal((6, 2, 3))
-    w = rng.standard_normal((6, 5))
-    b = rng.standard_normal(5)
-    dout = rng.standard_normal((6, 5))
-    out, cache = fl.affine_relu_forward(x, w, b)
-    dx, dw, db = fl.affine_relu_backward(dout, cache)
-    pre = x.reshape(6, 6) @ w + b
-    assert np.min(np.abs(pre)) > 1e-4  # clear of the kink for the finite difference
-
-    def forward():
-        return fl.affine_relu_forward(x, w, b)[0]
-
-    assert relative_error(dx, numerical_gradient(forward, x, dout)) < 1e-7
-    assert relative_error(dw, numerical_gradient(forward, w, dout)) < 1e-7
-    assert relative_error(db, numerical_gradient(forward, b, dout)) < 1e-7
-
-
 @pytest.mark.parametrize("n", [3, 17])
 def test_affine_batchnorm_relu_gradients(path, rng, n):
     x = rng.standard_normal((n, 4))

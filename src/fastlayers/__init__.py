@@ -70,11 +70,12 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
 
     Servers call this once at start-up so that no request pays the
     first-call compile. Both the serial and the parallel twin of every
-    kernel (the sandwiches' included) are prepared, for C-contiguous,
-    writeable inputs.
+    kernel (the sandwiches' and the synchronised batch norm's included)
+    are prepared, for C-contiguous, writeable inputs.
     """
     import numpy as np
 
+    from ._distributed import SingleProcessComm
     from ._kernels import _twins
 
     for name in dtypes:
@@ -99,3 +100,5 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
                 affine_relu_backward(out, cache)
                 out, cache = affine_batchnorm_relu_forward(x, w, w[0], w[0], w[0], {"mode": "train"})
                 affine_batchnorm_relu_backward(out, cache)
+                out, cache = batchnorm_forward(x, x[0], x[0], {"mode": "train"}, comm=SingleProcessComm())
+                batchnorm_backward(out, cache)

@@ -75,3 +75,20 @@ def sum_over_ranks(comm: Any, *local: np.ndarray) -> list[np.ndarray]:
     for row in gathered[1:]:
         total += row
     return np.split(total, np.cumsum(sizes)[:-1])
+
+
+class SingleProcessComm:
+    """A communicator of one rank (mpi4py's ``COMM_SELF``, without MPI):
+    ``warmup`` compiles the synchronised path with it, and tests use it."""
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def Allgather(self, send: np.ndarray, receive: np.ndarray) -> None:
+        receive[0] = send

@@ -7,6 +7,7 @@ kernel (which would answer with a typing traceback or read out of bounds).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -125,12 +126,12 @@ OutputSpec = tuple[str, Any, tuple[int, ...], np.dtype]  # (name, caller's array
 def prepare_outputs(
     func: str,
     specs: tuple[OutputSpec, ...],
-    inputs: dict[str, np.ndarray],
+    inputs: Callable[[], dict[str, np.ndarray]],
     in_place: tuple[tuple[str, str], ...] = (),
 ) -> tuple[list[np.ndarray], set[tuple[str, str]]]:
     """The result arrays of ``func``: the caller's, checked (``check_output``,
-    ``check_overlaps``), or new ones. Returns them in ``specs``' order, and
-    the in-place pairs found."""
+    ``check_overlaps`` against ``inputs()``, called only then), or new ones.
+    Returns them in ``specs``' order, and the in-place pairs found."""
     for spec in specs:
         if spec[1] is not None:
             break
@@ -138,7 +139,7 @@ def prepare_outputs(
         return [np.empty(shape, dtype=dtype) for _, _, shape, dtype in specs], set()
     supplied = {name: check_output(value, shape, dtype, func, name)
                 for name, value, shape, dtype in specs if value is not None}
-    found = check_overlaps(func, supplied, inputs, in_place)
+    found = check_overlaps(func, supplied, inputs(), in_place)
     arrays = [supplied[name] if name in supplied else np.empty(shape, dtype=dtype)
               for name, _, shape, dtype in specs]
     return arrays, found

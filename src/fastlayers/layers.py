@@ -107,7 +107,7 @@ def affine_product(func: str, args: dict[str, Any], out: Any, relu: bool) -> tup
     out and the ReLU's mask."""
     n, m = args["n"], args["m"]
     (out,), _ = prepare_outputs(func, (("out", out, (n, m), args["dtype"]),),
-                                {name: args[name] for name in ("x", "w", "b")})
+                                lambda: {name: args[name] for name in ("x", "w", "b")})
     mask = np.empty((n, m), dtype=np.bool_) if relu else NO_MASK_2D
     _affine_forward(n * m, ensure_blas()(0), *args["operands"], mask, out)
     return out, (ReluMask(mask) if relu else None)
@@ -169,7 +169,7 @@ def affine_gradient_plan(func: str, dout_shape: tuple[int, ...], dout_dtype: np.
     dtype = np.result_type(dout_dtype, xa, wa)
     (dx, dw, db), _ = prepare_outputs(
         func, (("dx", dx, xa.shape, dtype), ("dw", dw, (d, m), dtype), ("db", db, (m,), dout_dtype)),
-        {"cache x": xa, "cache w": wa, **read})
+        lambda: {"cache x": xa, "cache w": wa, **read})
     x_op, x_is_t = _blas_operand(xa.reshape(n, d), dtype)
     w_op, w_is_t = _blas_operand(wa, dtype)
     return {"n": n, "d": d, "m": m, "dtype": dtype, "x": (x_op, x_is_t), "w": (w_op, w_is_t),
@@ -284,7 +284,8 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
         x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)
         _relu_forward(xa.size, x_flat, out_flat, NO_MASK_1D)
         return result, x
-    (result,), in_place = prepare_outputs(func, (("out", out, xa.shape, xa.dtype),), {"x": xa}, (("out", "x"),))
+    (result,), in_place = prepare_outputs(func, (("out", out, xa.shape, xa.dtype),), lambda: {"x": xa},
+                                        (("out", "x"),))
     if in_place:
         mask = np.empty(xa.shape, dtype=np.bool_)
         _relu_forward(xa.size, result.reshape(-1), result.reshape(-1), mask.reshape(-1))
@@ -334,7 +335,8 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
         dout_flat, kept_flat, result, dx_flat = _flat_pair(douta, kept, douta.dtype)
         _relu_backward(douta.size, dout_flat, kept_flat, dx_flat)
         return result
-    (result,), _ = prepare_outputs(func, (("dx", dx, douta.shape, douta.dtype),), {"dout": douta, "cache": kept},
+    (result,), _ = prepare_outputs(func, (("dx", dx, douta.shape, douta.dtype),),
+                                   lambda: {"dout": douta, "cache": kept},
                                    (("dx", "dout"), ("dx", "cache")))
     _relu_backward(douta.size, _c_flat(douta), _c_flat(kept), result.reshape(-1))
     return result
@@ -404,14 +406,15 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     # is written); in train mode the cache keeps x, which out would overwrite.
     (out,), _ = prepare_outputs(
         func, (("out", out, (n, d), dtype),),
-        {"x": xa, "gamma": gamma_a, "beta": beta_a,
-         "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var},
+        lambda: {"x": xa, "gamma": gamma_a, "beta": beta_a,
+                 "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var},
         () if train else (("out", "x"),))
     x_c = np.ascontiguousarray(xa)
     cache = None
     if train:
-        center = np.zeros(d)
-        var = np.zeros(d)
+        # Zeros: with comm, a rank without rows contributes no statistics.
+        center = np.zeros(d) if comm is not None else np.empty(d)
+        var = np.zeros(d) if comm is not None else np.empty(d)
         # New arrays for the running statistics (the caller's are never
         # modified), in the dtype NumPy gives the seed's update.
         new_mean = np.empty(d, np.result_type(running_mean, xa))
@@ -520,13 +523,13 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma:
     check_shape(douta, cache.x.shape, func, "dout", "the forward pass's x")
     n, d = douta.shape
     dtype = np.result_type(douta, cache.dtype)
-    inputs = {"dout": douta, "cache x": cache.x, "cache gamma": cache.gamma, "cache beta": cache.beta}
     relu = relu_column_sums is not None
     # dx may be dout or x itself: the second pass reads each element of both
     # before it writes it; the first pass has read all of dout by then.
     (dx, dgamma, dbeta), _ = prepare_outputs(
         func, (("dx", dx, (n, d), dtype), ("dgamma", dgamma, (d,), dtype), ("dbeta", dbeta, (d,), douta.dtype)),
-        inputs, () if relu else (("dx", "dout"), ("dx", "cache x")))
+        lambda: {"dout": douta, "cache x": cache.x, "cache gamma": cache.gamma, "cache beta": cache.beta},
+        () if relu else (("dx", "dout"), ("dx", "cache x")))
     dout_c = np.ascontiguousarray(douta)
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)

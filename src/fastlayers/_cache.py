@@ -45,21 +45,21 @@ class BatchNormCache(Mapping):
         The kernels trust these shapes and dtypes (numba does not check
         bounds), so a cache whose attributes were replaced is refused here.
         """
-        x, mean, var = self.x, self.mean, self.var
+        x, mean, var, gamma, beta = self.x, self.mean, self.var, self.gamma, self.beta
+        array = np.ndarray
         try:
-            d = x.shape[1]
-            ok = (type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous
-                  and (x.dtype == np.float32 or x.dtype == np.float64)
-                  and type(mean) is np.ndarray and mean.shape == (d,) and mean.dtype == np.float64
-                  and type(var) is np.ndarray and var.shape == (d,) and var.dtype == np.float64)
-            for part in (self.gamma, self.beta):
-                ok = ok and type(part) is np.ndarray and part.shape == (d,) and part.dtype.char in "fd"
-            ok = ok and type(self.n_total) is int and self.n_total >= max(1, x.shape[0])
+            features = (x.shape[1],)
+            if (type(x) is array and type(mean) is array and type(var) is array and type(gamma) is array
+                    and type(beta) is array and x.ndim == 2 and x.flags.c_contiguous and x.dtype.char in "fd"
+                    and mean.shape == var.shape == gamma.shape == beta.shape == features
+                    and mean.dtype.char == var.dtype.char == "d" and gamma.dtype.char in "fd"
+                    and beta.dtype.char in "fd" and type(self.n_total) is int
+                    and self.n_total >= max(1, x.shape[0])):
+                return
         except (AttributeError, IndexError, TypeError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{func}: cache is a BatchNormCache whose contents were altered; "
-                             "pass the cache batchnorm_forward returned")
+            pass
+        raise ValueError(f"{func}: cache is a BatchNormCache whose contents were altered; "
+                         "pass the cache batchnorm_forward returned")
 
     @property
     @np.errstate(all="ignore")  # IEEE results, silent, like the kernels

@@ -66,15 +66,14 @@ def merge_statistics(comm: Any, counts: np.ndarray, mean: np.ndarray, var: np.nd
     var /= n_total
 
 
-def sum_over_ranks(comm: Any, *local: np.ndarray) -> list[np.ndarray]:
-    """The sums over every rank of each float64 array in ``local``, added in rank order."""
-    sizes = [array.size for array in local]
-    gathered = np.empty((comm.Get_size(), sum(sizes)))
-    comm.Allgather(np.concatenate(local), gathered)
+def sum_over_ranks(comm: Any, local: np.ndarray) -> np.ndarray:
+    """The sum over every rank of the float64 array ``local``, added in rank order."""
+    gathered = np.empty((comm.Get_size(), local.size))
+    comm.Allgather(np.ascontiguousarray(local).reshape(-1), gathered)
     total = gathered[0].copy()
     for row in gathered[1:]:
         total += row
-    return np.split(total, np.cumsum(sizes)[:-1])
+    return total.reshape(local.shape)
 
 
 class SingleProcessComm:

@@ -20,7 +20,6 @@ from ._kernels.affine import _affine_backward, _affine_forward
 from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels.batchnorm import (
     _batchnorm_backward,
-    _batchnorm_backward_sums,
     _batchnorm_normalize,
     _batchnorm_stats,
     block_rows,
@@ -281,6 +280,10 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     func = "relu_forward"
     xa = as_float_array(x, func, "x")
     if out is None:
+        if xa.flags.c_contiguous:  # the common case, kept cheap
+            result = np.empty(xa.shape, xa.dtype)
+            _relu_forward(xa.size, xa.reshape(-1), result.reshape(-1), NO_MASK_1D)
+            return result, x
         x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)
         _relu_forward(xa.size, x_flat, out_flat, NO_MASK_1D)
         return result, x
@@ -533,13 +536,15 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma:
     dout_c = np.ascontiguousarray(douta)
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)
-    stats = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like)
-    sum_dout, sum_dout_xmu = np.empty(d), np.empty(d)
-    _batchnorm_backward_sums(n * d, dout_c, *stats, n_parts, sum_dout, sum_dout_xmu)
-    if cache.comm is not None:  # the reductions of the global batch
-        sum_dout, sum_dout_xmu = sum_over_ranks(cache.comm, sum_dout, sum_dout_xmu)
-    _batchnorm_backward(n * d, dout_c, *stats, cache.n_total, sum_dout, sum_dout_xmu, n_parts,
-                        dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
+    outputs = (n_parts, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    sums = np.empty((2, d))
+    if cache.comm is None:
+        _batchnorm_backward(n * d, dout_c, *saved, sums, True, True, *outputs)
+    else:  # this rank's reductions, summed over the ranks, then dx
+        _batchnorm_backward(n * d, dout_c, *saved, sums, True, False, *outputs)
+        sums = sum_over_ranks(cache.comm, sums)
+        _batchnorm_backward(n * d, dout_c, *saved, sums, False, True, *outputs)
     return dx, dgamma, dbeta
 
 

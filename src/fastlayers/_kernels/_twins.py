@@ -74,6 +74,9 @@ class TwinKernel:
         return self.parallel if path == "parallel" else self.serial
 
     def __call__(self, work: int, *args: Any) -> Any:
+        # pick() inlined: this runs on every call, and small calls are ~2 us.
+        if _forced_path is None and work < self.threshold:
+            return self.serial(*args)
         return self.pick(work)(*args)
 
 

@@ -194,54 +194,55 @@ def _gradient_through_relu_overload(gradient, x_value, center, scale, beta, j, r
 
 
 @twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward_sums(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts, sum_dout, sum_dout_xmu):
-    """The backward's reductions, float64: sum_i g and sum_i g·(x - mean) per
-    feature, over fixed row parts merged in part order, where g is dout, or,
-    when ``relu_like`` is not None, the gradient through the ReLU that
-    followed the normalise (see ``gradient_through_relu``)."""
-    n_rows, n_features = x.shape
-    scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
-    part_dout = np.zeros((n_parts, n_features))
-    part_dout_xmu = np.zeros((n_parts, n_features))
-    for part in prange(n_parts):
-        start, stop = part_bounds(n_rows, n_parts, part)
-        p_dout = part_dout[part]
-        p_dout_xmu = part_dout_xmu[part]
-        for i in range(start, stop):
-            for j in range(n_features):
-                gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j, relu_like)
-                p_dout[j] += gradient
-                p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
-    for chunk in prange(n_column_chunks(n_features)):
-        start, stop = column_chunk(n_features, chunk)
-        sum_dout[start:stop] = sum_parts(part_dout, start, stop)
-        sum_dout_xmu[start:stop] = sum_parts(part_dout_xmu, start, stop)
-
-
-@twin(BATCHNORM_THRESHOLD)
-def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sum_dout, sum_dout_xmu, n_parts,
+def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, reduce, apply, n_parts,
                         dx, dgamma, dbeta, dx_column_sums):
     """dx, dgamma, dbeta of the train-mode forward over a batch of ``n_total``
-    rows whose reductions (``_batchnorm_backward_sums``, summed over every
-    process holding part of the batch) are given: per feature the closed
-    form's coefficients, then one pass
+    rows, in two passes over (N, D).
+
+    With ``reduce``, the first pass writes this process's reductions to
+    ``sums`` (2, D): sum_i g and sum_i g·(x - mean) per feature, float64,
+    over fixed row parts merged in part order, where g is dout, or, when
+    ``relu_like`` is not None, the gradient through the ReLU that followed
+    the normalise (see ``gradient_through_relu``). With ``apply``, the
+    closed form's per-feature coefficients come from ``sums`` (summed over
+    every process holding part of the batch, in between, when there are
+    several), and the second pass writes
     dx = gamma·ivar · (g - sum(g)/N - (x - mean)·ivar²·sum(g·(x - mean))/N).
     A non-empty ``dx_column_sums`` receives dx summed over rows (the bias
     gradient of an affine layer below), by the same parts as
-    ``affine_backward``'s db.
+    ``affine_backward``'s db. One process passes both flags: one call.
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
+    if reduce:
+        part_dout = np.zeros((n_parts, n_features))
+        part_dout_xmu = np.zeros((n_parts, n_features))
+        for part in prange(n_parts):
+            start, stop = part_bounds(n_rows, n_parts, part)
+            p_dout = part_dout[part]
+            p_dout_xmu = part_dout_xmu[part]
+            for i in range(start, stop):
+                for j in range(n_features):
+                    gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j,
+                                                     relu_like)
+                    p_dout[j] += gradient
+                    p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
+        for chunk in prange(n_column_chunks(n_features)):
+            start, stop = column_chunk(n_features, chunk)
+            sums[0, start:stop] = sum_parts(part_dout, start, stop)
+            sums[1, start:stop] = sum_parts(part_dout_xmu, start, stop)
+    if not apply:
+        return
     gain = np.empty(n_features)
     offset = np.empty(n_features)
     slope = np.empty(n_features)
     for j in range(n_features):
         ivar = 1.0 / np.sqrt(var[j] + eps)
-        dbeta[j] = sum_dout[j]
-        dgamma[j] = ivar * sum_dout_xmu[j]
+        dbeta[j] = sums[0, j]
+        dgamma[j] = ivar * sums[1, j]
         gain[j] = gamma[j] * ivar
-        offset[j] = sum_dout[j] / n_total
-        slope[j] = ivar * ivar * sum_dout_xmu[j] / n_total
+        offset[j] = sums[0, j] / n_total
+        slope[j] = ivar * ivar * sums[1, j] / n_total
         # A feature whose sums are not finite (Inf or NaN in dout) has no
         # defined gradient: NaN across it, as the seed's 10 steps give
         # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.

@@ -31,9 +31,10 @@ def test_py_typed_marker_is_installed():
     assert importlib.resources.files("fastlayers").joinpath("py.typed").is_file()
 
 
-def test_docstring_examples():
-    result = doctest.testmod(fastlayers.layers, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 6 and result.failed == 0
+@pytest.mark.parametrize("module", ["layers", "sandwiches"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"fastlayers.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0
 
 
 def test_threading_layer_is_named():

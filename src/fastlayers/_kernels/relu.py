@@ -12,6 +12,7 @@ be the very array it reads (in-place); the API layer refuses other overlaps.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
@@ -26,7 +27,7 @@ ELEMENTWISE_THRESHOLD = 1 << 16
 def passes(kept):
     """Whether the ReLU passes the gradient: ``x >= 0`` for an input value,
     the value itself for a boolean mask recorded by the forward."""
-    return kept if isinstance(kept, bool) else kept >= 0
+    return bool(kept) if isinstance(kept, (bool, np.bool_)) else kept >= 0
 
 
 @overload(passes)

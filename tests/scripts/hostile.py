@@ -1,11 +1,14 @@
-"""Hostile input for all six functions, driven by hypothesis.
+"""Hostile input for all ten functions (the six layers and the four
+sandwiches), with and without caller-supplied result arrays, driven by
+hypothesis.
 
 Run in a subprocess by tests/test_hostile.py, so that a crash (a segfault
 from an out-of-bounds read, an abort) fails that test instead of killing
 the test run. Every call must either return float arrays of the reference's
 shapes (ReLU: the reference's values, bit for bit) or raise ValueError,
 TypeError or KeyError with a message that starts with the function's name;
-the caller's arrays and bn_param must come back unmodified.
+the caller's arrays and bn_param must come back unmodified (a supplied
+result array excepted, when the call returns: that is its purpose).
 
 Prints the number of cases run and how many returned / raised.
 """
@@ -153,27 +156,38 @@ def _arrays(name, result) -> list:
     return [np.asarray(r) for r in result]
 
 
-def check(name, args):
+def check(name, args, results=None):
     tally["cases"] += 1
+    results = results or {}
+    tally["with supplied results"] += bool(results)
     # What the caller holds: the arguments, and the values bn_param held
     # (batchnorm_forward may rebind bn_param's entries, never modify them).
     held = [a for a in args if not isinstance(a, dict)] + [list(a.values()) for a in args if isinstance(a, dict)]
     before, dicts_before = fingerprint(held), fingerprint([a for a in args if isinstance(a, dict)])
+    results_before = fingerprint(list(results.values()))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # fastlayers itself stays silent
-            result = getattr(fl, name)(*args)
+            result = getattr(fl, name)(*args, **results)
     except DOCUMENTED as exc:
         message = str(exc).strip("'\"")
         assert message.startswith(name), f"{name}: {type(exc).__name__} without the function's name: {message}"
         assert "numba" not in message.lower(), message
         tally["raised"] += 1
         assert fingerprint(held) == before, f"{name} modified its arguments before raising"
+        assert fingerprint(list(results.values())) == results_before, f"{name} wrote a result array, then raised"
         assert fingerprint([a for a in args if isinstance(a, dict)]) == dicts_before, f"{name} changed bn_param"
         return
     tally["returned"] += 1
-    assert fingerprint(held) == before, f"{name} modified an argument or an array bn_param held"
     outputs = _arrays(name, result)
+    if results:  # an accepted result array is returned and written, nothing else is
+        assert all(any(o is r for o in outputs) for r in results.values()), name
+        unchanged = [h for h in held if not any(isinstance(h, np.ndarray) and np.may_share_memory(h, r)
+                                                for r in results.values())]
+        tally["returned with supplied results"] += 1
+        before = fingerprint([h for h in held if any(h is u for u in unchanged)])
+        held = unchanged
+    assert fingerprint(held) == before, f"{name} modified an argument or an array bn_param held"
     for output in outputs:
         assert output.dtype in (np.float32, np.float64), output.dtype
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -194,29 +208,43 @@ def check(name, args):
             assert ours.tobytes() == np.ascontiguousarray(theirs).tobytes(), name
 
 
+SANDWICHES = ["affine_relu_forward", "affine_relu_backward", "affine_batchnorm_relu_forward",
+              "affine_batchnorm_relu_backward"]
+RESULT_NAMES = {"affine_backward": ["dx", "dw", "db"], "relu_backward": ["dx"],
+                "batchnorm_backward": ["dx", "dgamma", "dbeta"], "affine_relu_backward": ["dx", "dw", "db"],
+                "affine_batchnorm_relu_backward": ["dx", "dw", "db", "dgamma", "dbeta"]}
+
+
 @st.composite
-def calls(draw):
-    name = draw(st.sampled_from(["affine_forward", "affine_backward", "relu_forward", "relu_backward",
-                                 "batchnorm_forward", "batchnorm_backward"]))
-    if name == "affine_forward":
-        return name, draw(affine_args())
+def layer_call(draw, name):
+    if name in ("affine_forward", "affine_relu_forward"):
+        return draw(affine_args())
     if name == "relu_forward":
-        return name, (draw(arrays()),)
+        return (draw(arrays()),)
     if name == "batchnorm_forward":
-        return name, draw(bn_args())
+        return draw(bn_args())
+    if name == "affine_batchnorm_relu_forward":
+        x, w, b = draw(affine_args())
+        m = np.shape(w)[1] if np.ndim(w) == 2 else 2
+        gamma, beta = (draw(st.one_of(arrays(shape=(m,), dtypes=[np.float32, np.float64]), arrays()))
+                       for _ in range(2))
+        return x, w, b, gamma, beta, draw(st.one_of(bn_params(m), st.sampled_from([None, "train"])))
     if name == "relu_backward":
         x = draw(arrays())
         dout = draw(st.one_of(arrays(shape=np.shape(x)), arrays()))
-        return name, (dout, draw(st.one_of(st.just(x), st.builds(lambda: foreign_caches(draw, "relu")))))
-    if name == "affine_backward":
+        return dout, draw(st.one_of(st.just(x), st.builds(lambda: foreign_caches(draw, "relu"))))
+    if name in ("affine_backward", "affine_relu_backward", "affine_batchnorm_relu_backward"):
+        forward = name.replace("backward", "forward")
         x, w, b = draw(affine_args())
+        width = np.shape(w)[-1] if np.ndim(w) else 1
+        extra = (np.ones(width), np.zeros(width), {"mode": "train"}) if "batchnorm" in name else ()
         try:
-            cache = fl.affine_forward(x, w, b)[1]
+            cache = getattr(fl, forward)(x, w, b, *extra)[1]
             n, m = np.shape(x)[0], np.shape(w)[1]
         except DOCUMENTED:
             cache, n, m = (x, w, b), 2, 2
         dout = draw(st.one_of(arrays(shape=(n, m)), arrays()))
-        return name, (dout, cache if draw(st.booleans()) else foreign_caches(draw, "affine"))
+        return dout, cache if draw(st.booleans()) else foreign_caches(draw, "affine")
     x, gamma, beta, _ = draw(bn_args())
     try:
         cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})[1]
@@ -224,7 +252,33 @@ def calls(draw):
     except DOCUMENTED:
         cache, shape = None, (2, 2)
     dout = draw(st.one_of(arrays(shape=shape), arrays()))
-    return name, (dout, cache if draw(st.booleans()) else foreign_caches(draw, "bn"))
+    return dout, cache if draw(st.booleans()) else foreign_caches(draw, "bn")
+
+
+@st.composite
+def result_arrays(draw, name, args):
+    """Caller-supplied result arrays: right, wrong, or aliasing an input."""
+    names = RESULT_NAMES.get(name, ["out"])
+    chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names)))
+    inputs = [a for a in args if isinstance(a, np.ndarray)]
+    results = {}
+    for result in chosen:
+        results[result] = draw(st.one_of(
+            arrays(dtypes=[np.float32, np.float64]),  # often the wrong shape or layout
+            st.builds(lambda: np.empty(np.shape(inputs[0]) if inputs else (2, 2))),
+            st.sampled_from(inputs) if inputs else st.just(np.empty(3)),  # aliasing an input
+            st.just([1.0, 2.0]),
+        ))
+    return results
+
+
+@st.composite
+def calls(draw):
+    name = draw(st.sampled_from(["affine_forward", "affine_backward", "relu_forward", "relu_backward",
+                                 "batchnorm_forward", "batchnorm_backward", *SANDWICHES]))
+    args = draw(layer_call(name))
+    results = draw(result_arrays(name, args)) if draw(st.integers(0, 3)) == 0 else {}
+    return name, args, results
 
 
 def main(examples: int) -> None:
@@ -232,8 +286,8 @@ def main(examples: int) -> None:
               suppress_health_check=list(HealthCheck))
     @given(calls())
     def hostile(call):
-        name, args = call
-        check(name, args)
+        name, args, results = call
+        check(name, args, results)
 
     hostile()
     print(" ".join(f"{key.replace(' ', '_')}={value}" for key, value in sorted(tally.items())))

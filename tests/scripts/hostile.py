@@ -163,7 +163,8 @@ def check(name, args, results=None):
     # What the caller holds: the arguments, and the values bn_param held
     # (batchnorm_forward may rebind bn_param's entries, never modify them).
     held = [a for a in args if not isinstance(a, dict)] + [list(a.values()) for a in args if isinstance(a, dict)]
-    before, dicts_before = fingerprint(held), fingerprint([a for a in args if isinstance(a, dict)])
+    held_before = [fingerprint(h) for h in held]
+    dicts_before = fingerprint([a for a in args if isinstance(a, dict)])
     results_before = fingerprint(list(results.values()))
     try:
         with warnings.catch_warnings():
@@ -174,7 +175,7 @@ def check(name, args, results=None):
         assert message.startswith(name), f"{name}: {type(exc).__name__} without the function's name: {message}"
         assert "numba" not in message.lower(), message
         tally["raised"] += 1
-        assert fingerprint(held) == before, f"{name} modified its arguments before raising"
+        assert [fingerprint(h) for h in held] == held_before, f"{name} modified its arguments before raising"
         assert fingerprint(list(results.values())) == results_before, f"{name} wrote a result array, then raised"
         assert fingerprint([a for a in args if isinstance(a, dict)]) == dicts_before, f"{name} changed bn_param"
         return
@@ -182,12 +183,14 @@ def check(name, args, results=None):
     outputs = _arrays(name, result)
     if results:  # an accepted result array is returned and written, nothing else is
         assert all(any(o is r for o in outputs) for r in results.values()), name
-        unchanged = [h for h in held if not any(isinstance(h, np.ndarray) and np.may_share_memory(h, r)
-                                                for r in results.values())]
         tally["returned with supplied results"] += 1
-        before = fingerprint([h for h in held if any(h is u for u in unchanged)])
-        held = unchanged
-    assert fingerprint(held) == before, f"{name} modified an argument or an array bn_param held"
+
+    def written(item):  # an argument that is (or shares memory with) an accepted result array
+        return isinstance(item, np.ndarray) and any(np.may_share_memory(item, r) for r in results.values())
+
+    assert [fingerprint(h) for h in held if not written(h)] == [
+        before for h, before in zip(held, held_before) if not written(h)
+    ], f"{name} modified an argument or an array bn_param held"
     for output in outputs:
         assert output.dtype in (np.float32, np.float64), output.dtype
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -42,9 +42,8 @@ def _calls(a):
     _, relu_cache = fl.relu_forward(a["x"])
     _, bn_cache = fl.batchnorm_forward(a["x"], a["gamma"], a["beta"], {"mode": "train"})
     _, arelu_cache = fl.affine_relu_forward(a["x"], a["w"], a["b"])
-    _, abr_cache = fl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"][:7] * 0 + 1, a["b"], a["b"],
-                                                    {"mode": "train"})
-    ones7 = a["b"] * 0 + 1
+    ones7 = np.ones_like(a["b"])
+    _, abr_cache = fl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"], ones7, a["b"], {"mode": "train"})
     return {
         "affine_forward": (lambda **o: fl.affine_forward(a["x"], a["w"], a["b"], **o), ["out"]),
         "affine_backward": (lambda **o: fl.affine_backward(a["dout_affine"], fc_cache, **o), ["dx", "dw", "db"]),

@@ -14,10 +14,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._cache import BatchNormCache, ReluMask
+from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels._blas import ensure_blas
 from ._kernels._twins import n_row_parts
 from ._kernels.affine import _affine_backward, _affine_forward
-from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
@@ -280,10 +280,6 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     func = "relu_forward"
     xa = as_float_array(x, func, "x")
     if out is None:
-        if xa.flags.c_contiguous:  # the common case, kept cheap
-            result = np.empty(xa.shape, xa.dtype)
-            _relu_forward(xa.size, xa.reshape(-1), result.reshape(-1), NO_MASK_1D)
-            return result, x
         x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)
         _relu_forward(xa.size, x_flat, out_flat, NO_MASK_1D)
         return result, x
@@ -394,11 +390,14 @@ def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: in
 
 
 def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: MutableMapping[str, Any],
-                    out: Any, relu: bool, comm: Any = None) -> tuple[np.ndarray, BatchNormCache | None]:
+                    out: Any, relu: bool, comm: Any = None,
+                    read: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, BatchNormCache | None]:
     """Batch norm of x (N, D) with ``batchnorm_setup``'s ``args`` into a
     checked (or new) ``out``, with a ReLU after it when ``relu``; rebinds
     bn_param's running statistics. With ``comm`` (train mode), the
-    statistics are those of the batch that all ranks hold together."""
+    statistics are those of the batch that all ranks hold together.
+    ``read``: other arrays the caller's computation reads, which out may
+    not overlap either."""
     gamma_a, beta_a = args["gamma"], args["beta"]
     n, d = xa.shape
     running_mean, running_var = args["running_mean"], args["running_var"]
@@ -410,7 +409,7 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     (out,), _ = prepare_outputs(
         func, (("out", out, (n, d), dtype),),
         lambda: {"x": xa, "gamma": gamma_a, "beta": beta_a,
-                 "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var},
+                 "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var, **(read or {})},
         () if train else (("out", "x"),))
     x_c = np.ascontiguousarray(xa)
     cache = None

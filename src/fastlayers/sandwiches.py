@@ -130,10 +130,9 @@ def affine_batchnorm_relu_forward(
     # The batch norm's arguments are checked before any work is done.
     bn_args = batchnorm_setup(func, (fc_args["n"], fc_args["m"]), fc_args["dtype"], gamma, beta, bn_param, comm,
                               x_name="the affine output")
-    if out is not None:  # out may not overlap x, w or b either, which the product reads
-        check_overlaps(func, {"out": np.asarray(out)}, {name: fc_args[name] for name in ("x", "w", "b")})
     pre, _ = affine_product(func, fc_args, None, relu=False)
-    result, bn_cache = batchnorm_apply(func, pre, bn_args, bn_param, out, relu=True, comm=comm)
+    result, bn_cache = batchnorm_apply(func, pre, bn_args, bn_param, out, relu=True, comm=comm,
+                                       read={name: fc_args[name] for name in ("x", "w", "b")})
     return result, ((x, w, b), bn_cache)
 
 

@@ -25,16 +25,11 @@ from typing import Any
 
 import numpy as np
 
+import fastlayers
+
 from . import reference
 
-
-def _fastlayers() -> ModuleType:
-    import fastlayers
-
-    return fastlayers
-
-
-BACKENDS = {"reference": lambda: reference, "fastlayers": _fastlayers}
+BACKENDS = {"reference": reference, "fastlayers": fastlayers}
 
 
 @dataclass
@@ -143,7 +138,7 @@ def train_epochs(backend: str, data: Data, *, hidden: tuple[int, ...] = (256, 25
     epoch (for quick checks). A generator, so that two backends can be
     trained in lockstep and their epochs timed alternately.
     """
-    layers = BACKENDS[backend]()
+    layers = BACKENDS[backend]
     dtype = data.x_train.dtype
     rng = np.random.default_rng(seed)
     dims = [data.x_train.shape[1], *hidden, int(data.y_train.max()) + 1]

@@ -66,18 +66,14 @@ class TwinKernel:
         self.serial = numba.njit(**options)(_renamed_copy(body, "_serial"))
         self.parallel = numba.njit(parallel=True, **options)(_renamed_copy(body, "_parallel"))
 
-    def pick(self, work: int) -> Callable[..., Any]:
+    def __call__(self, work: int, *args: Any) -> Any:
+        """Run the twin that ``work`` (elements touched) calls for, or the forced one."""
         path = _forced_path
         if path is None:
             parallel = work >= self.threshold and numba.get_num_threads() > 1
-            path = "parallel" if parallel else "serial"
-        return self.parallel if path == "parallel" else self.serial
-
-    def __call__(self, work: int, *args: Any) -> Any:
-        # pick() inlined: this runs on every call, and small calls are ~2 us.
-        if _forced_path is None and work < self.threshold:
-            return self.serial(*args)
-        return self.pick(work)(*args)
+        else:
+            parallel = path == "parallel"
+        return (self.parallel if parallel else self.serial)(*args)
 
 
 def twin(threshold: int) -> Callable[[types.FunctionType], TwinKernel]:

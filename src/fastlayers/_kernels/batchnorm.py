@@ -173,12 +173,10 @@ def gradient_through_relu(gradient, x_value, center, scale, beta, j, relu_like):
     ``relu_like`` is None (no ReLU: the gradient as it is) or an empty array
     of the forward output's dtype: the ReLU's input is then recomputed as
     the forward computed it, so the mask has the forward's own bits. The
-    choice is made when numba types the call, so the plain kernel carries
-    no per-element test."""
-    if relu_like is None:
-        return gradient
-    normalized = (x_value - center) * scale[j] + beta[j]
-    return gradient * (1.0 if relu_like.dtype.type(normalized) >= 0 else 0.0)
+    overload below is the implementation; it chooses when numba types the
+    call, so the plain kernel carries no per-element test. Kernels only.
+    """
+    raise NotImplementedError("gradient_through_relu() is called from numba kernels only")
 
 
 @overload(gradient_through_relu)

@@ -12,7 +12,6 @@ be the very array it reads (in-place); the API layer refuses other overlaps.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
@@ -26,8 +25,9 @@ ELEMENTWISE_THRESHOLD = 1 << 16
 
 def passes(kept):
     """Whether the ReLU passes the gradient: ``x >= 0`` for an input value,
-    the value itself for a boolean mask recorded by the forward."""
-    return bool(kept) if isinstance(kept, (bool, np.bool_)) else kept >= 0
+    the value itself for a boolean mask recorded by the forward. Kernels
+    only: the overload below is the implementation, chosen by type."""
+    raise NotImplementedError("passes() is called from numba kernels only")
 
 
 @overload(passes)

@@ -1,9 +1,11 @@
 """``python -m fastlayers bench``: fastlayers against its baselines, in one run.
 
 For every function, dtype and size it times fastlayers and the NumPy
-reference (the seed page), alternating them call by call and taking medians
-after a warm-up call, so compile time never enters a figure; PyTorch CPU,
-when importable, is timed right after in a block of its own. In the same run it measures the machine's ceilings: the
+reference (the seed page), alternating them round by round, each timed call
+right after an untimed call of itself (so compile time never enters a
+figure, and each finds its own data in cache), and taking medians; PyTorch
+CPU, when importable, is timed the same way right after, in a block of its
+own. In the same run it measures the machine's ceilings: the
 copy bandwidth (a parallel copy into a reused array), the first-touch cost
 of each fresh output, and NumPy's bare ``x @ w`` for the affine shapes.
 Memory-bound kernels are reported as "% of floor" (floor / time, where the
@@ -60,13 +62,21 @@ def _seconds(call: Callable[[], Any]) -> float:
 
 def _alternate(calls: dict[str, Callable[[], Any]], repeats: int, budget: float,
                statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    """Median (or ``statistic``) seconds of each call, measured in turn, after one warm-up each."""
-    for call in calls.values():
-        call()
+    """Median (or ``statistic``) seconds of each call, measured in turn.
+
+    Round by round the calls alternate, so a slow spell of the machine hits
+    them all alike; within a round each timed call comes right after an
+    untimed call of itself, so it finds its own data in cache, as a layer
+    in a training loop finds the activations the previous layer just wrote.
+    (Timed straight after another implementation's call, a kernel over a
+    medium array that fits in L3 was timed reading it back from memory:
+    relu_forward 256x4096 float32 took 0.33 ms that way, 0.06 ms after itself.)
+    """
     samples: dict[str, list[float]] = {name: [] for name in calls}
     started = time.perf_counter()
     for round_ in range(repeats):
         for name, call in calls.items():
+            call()
             samples[name].append(_seconds(call))
         if round_ >= 2 and time.perf_counter() - started > budget:
             break
@@ -138,7 +148,7 @@ def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], An
     return lambda: torch.autograd.grad(out, inputs_, grad_outputs=t["dout"], retain_graph=True)
 
 
-def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 9) -> tuple[float, float]:
+def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 21) -> tuple[float, float]:
     """Copy bandwidth (GB/s, read + write) and first-touch seconds for one array.
 
     The bandwidth is that of the faster of a parallel copy and NumPy's
@@ -374,7 +384,7 @@ def run(args: Any) -> int:
           f"{os.cpu_count()} cores ({_cpu_model()})")
     print("copy bandwidth (parallel copy of one (N, D) array into a reused one): " + ", ".join(
         f"{key} {value:.1f} GB/s" for key, value in ceilings.copy_bandwidth_gbs.items()))
-    print(f"medians of up to {repeats} alternating repeats after a warm-up call; "
+    print(f"medians of up to {repeats} alternating repeats, each right after an untimed call of itself; "
           f"% of floor = (bytes / copy bandwidth + first touch of fresh outputs) / time")
     print("sandwiches: 'fused Nx composed' = time of fastlayers' single layers called one after the other / "
           "the fused sandwich's; batchnorm_step = forward + backward in train mode, fastlayers into "

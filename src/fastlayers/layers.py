@@ -439,7 +439,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     else:
         center = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu, out)
+    relu_like = np.empty(0, dtype=out.dtype) if relu else None
+    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
     return out, cache

@@ -29,6 +29,15 @@ BATCHNORM_THRESHOLD = 1 << 17
 _BLOCK_BYTES = 1 << 19
 
 
+# Four-row sweeps pay where the per-feature coefficients (three float64
+# arrays) outgrow L1; narrower rows go row by row. Measured (normalise,
+# parallel, float32, us, row by row / sweeps): D = 16: 193/290,
+# D = 256: 197/202, D = 1024: 250/308 (float64 685/612), D = 4096: 206/134.
+SWEEP_MIN_FEATURES = 2048
+# Elements per task of the normalise pass (whole rows, at least four).
+NORMALIZE_TASK_ELEMENTS = 1 << 14
+
+
 def block_rows(n_features: int, itemsize: int) -> int:
     return max(1, _BLOCK_BYTES // (itemsize * max(1, n_features)))
 
@@ -45,6 +54,48 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
         mean[j] += delta * weight
         m2[j] += new_m2[j] + delta * delta * cross
     return total
+
+
+# Four-row sweeps: the per-feature accumulators are as wide as a row (32 KiB
+# of float64 at D = 4096, L1's size), so the reductions take four rows per
+# sweep over the columns and load and store them once per four rows. Each
+# column still adds its rows in row order: the bits are those of a
+# row-by-row loop. Measured (serial statistics, 256x4096, median of 41, us,
+# row by row / four rows): float32 334/202, float64 445/272. The helpers
+# of the statistics and the normalise are compiled as functions of their
+# own: inlined into the loop over row tasks, the normalise's four-row loop
+# came out scalar (3x slower serial at 256x4096 float32).
+@numba.njit(error_model="numpy")
+def _add_rows(acc, x, start, stop):
+    """acc[j] += x[i, j] for the rows i in [start, stop), in row order."""
+    i = start
+    while i + 4 <= stop:
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(acc.size):
+            acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j]
+        i += 4
+    for k in range(i, stop):
+        row = x[k]
+        for j in range(acc.size):
+            acc[j] += row[j]
+
+
+@numba.njit(error_model="numpy")
+def _add_squared_deviations(acc, x, center, start, stop):
+    """acc[j] += (x[i, j] - center[j])**2 for the rows i in [start, stop), in row order."""
+    i = start
+    while i + 4 <= stop:
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(acc.size):
+            c = center[j]
+            d0, d1, d2, d3 = r0[j] - c, r1[j] - c, r2[j] - c, r3[j] - c
+            acc[j] = (((acc[j] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
+        i += 4
+    for k in range(i, stop):
+        row = x[k]
+        for j in range(acc.size):
+            deviation = row[j] - center[j]
+            acc[j] += deviation * deviation
 
 
 @twin(BATCHNORM_THRESHOLD)
@@ -66,16 +117,11 @@ def _batchnorm_stats(x, n_parts, rows_per_block, mean, var, momentum, running_me
             block_stop = min(block_start + rows_per_block, stop)
             n_block = block_stop - block_start
             block_mean[:] = 0.0
-            for i in range(block_start, block_stop):
-                for j in range(n_features):
-                    block_mean[j] += x[i, j]
+            _add_rows(block_mean, x, block_start, block_stop)
             for j in range(n_features):
                 block_mean[j] /= n_block
             block_m2[:] = 0.0
-            for i in range(block_start, block_stop):
-                for j in range(n_features):
-                    deviation = x[i, j] - block_mean[j]
-                    block_m2[j] += deviation * deviation
+            _add_squared_deviations(block_m2, x, block_mean, block_start, block_stop)
             count = _chan_merge(count, n_block, part_mean[part], part_m2[part], block_mean, block_m2,
                                 0, n_features)
     for chunk in prange(n_column_chunks(n_features)):
@@ -145,26 +191,69 @@ def _normalized(x_value, center, scale, shift, out_like):
     return out_like.dtype.type((x_value - center) * scale + shift)
 
 
-@twin(BATCHNORM_THRESHOLD)
-def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu, out):
-    """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j],
-    followed by a ReLU (NaN and -0.0 pass, as in relu_forward) when ``relu``.
+def relu_after(value, relu_like):
+    """``value`` itself when ``relu_like`` is None; when it is an (empty)
+    array, the ReLU of value in that array's dtype (NaN and -0.0 pass, as
+    in relu_forward). The overload below is the implementation; it chooses
+    when numba types the call, so the plain kernel carries no per-element
+    test. Kernels only."""
+    raise NotImplementedError("relu_after() is called from numba kernels only")
 
-    The per-feature scale is computed here (O(D), float64) so that the
-    Python layer makes no NumPy calls of its own for it.
+
+@overload(relu_after)
+def _relu_after_overload(value, relu_like):
+    if isinstance(relu_like, types.NoneType):
+        return lambda value, relu_like: value
+
+    def relu(value, relu_like):
+        zero = relu_like.dtype.type(0)
+        return zero if value < zero else value
+
+    return relu
+
+
+@numba.njit(error_model="numpy")
+def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop):
+    """out's rows [start, stop), four rows per sweep over the columns."""
+    i = start
+    while i + 4 <= stop:
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        for j in range(x.shape[1]):
+            c, s, b = center[j], scale[j], shift[j]
+            o0[j] = relu_after(_normalized(r0[j], c, s, b, out), relu_like)
+            o1[j] = relu_after(_normalized(r1[j], c, s, b, out), relu_like)
+            o2[j] = relu_after(_normalized(r2[j], c, s, b, out), relu_like)
+            o3[j] = relu_after(_normalized(r3[j], c, s, b, out), relu_like)
+        i += 4
+    for k in range(i, stop):
+        for j in range(x.shape[1]):
+            out[k, j] = relu_after(_normalized(x[k, j], center[j], scale[j], shift[j], out), relu_like)
+
+
+@twin(BATCHNORM_THRESHOLD)
+def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
+    """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j],
+    followed by a ReLU when ``relu_like`` is an array (see ``relu_after``).
+
+    Four rows per sweep over the columns, so the per-feature coefficients
+    are loaded once per four rows (measured, 256x4096 serial, us, row by
+    row / four rows: float32 288/191, float64 620/381). The per-feature
+    scale is computed here (O(D), float64) so that the Python layer makes
+    no NumPy calls of its own for it.
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps)
-    zero = out.dtype.type(0)
-    if relu:
+    shift = beta.astype(np.float64)  # converted once here rather than per element: the same bits
+    if n_features < SWEEP_MIN_FEATURES:  # the coefficients stay in L1: row by row
         for i in prange(n_rows):
             for j in range(n_features):
-                value = _normalized(x[i, j], center[j], scale[j], beta[j], out)
-                out[i, j] = zero if value < zero else value
-    else:
-        for i in prange(n_rows):
-            for j in range(n_features):
-                out[i, j] = _normalized(x[i, j], center[j], scale[j], beta[j], out)
+                out[i, j] = relu_after(_normalized(x[i, j], center[j], scale[j], shift[j], out), relu_like)
+        return
+    task_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
+    for task in prange((n_rows + task_rows - 1) // task_rows):
+        start = task * task_rows
+        _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows))
 
 
 def gradient_through_relu(gradient, x_value, center, scale, beta, j, relu_like):
@@ -189,6 +278,32 @@ def _gradient_through_relu_overload(gradient, x_value, center, scale, beta, j, r
         return gradient * (1.0 if normalized >= 0 else 0.0)
 
     return through
+
+
+@numba.njit(inline="always")
+def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, start, stop):
+    """sum_g[j] += g[i, j] and sum_g_dev[j] += g[i, j]·(x[i, j] - mean[j])
+    for the rows i in [start, stop), in row order, four rows per sweep (as
+    ``_add_rows``); g is dout, through the ReLU if any."""
+    i = start
+    while i + 4 <= stop:
+        g0, g1, g2, g3 = dout[i], dout[i + 1], dout[i + 2], dout[i + 3]
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(sum_g.size):
+            m = mean[j]
+            a0 = gradient_through_relu(np.float64(g0[j]), x0[j], m, scale, beta, j, relu_like)
+            a1 = gradient_through_relu(np.float64(g1[j]), x1[j], m, scale, beta, j, relu_like)
+            a2 = gradient_through_relu(np.float64(g2[j]), x2[j], m, scale, beta, j, relu_like)
+            a3 = gradient_through_relu(np.float64(g3[j]), x3[j], m, scale, beta, j, relu_like)
+            sum_g[j] = (((sum_g[j] + a0) + a1) + a2) + a3
+            sum_g_dev[j] = (((sum_g_dev[j] + a0 * (x0[j] - m)) + a1 * (x1[j] - m)) + a2 * (x2[j] - m)) + a3 * (
+                x3[j] - m)
+        i += 4
+    for k in range(i, stop):
+        for j in range(sum_g.size):
+            gradient = gradient_through_relu(np.float64(dout[k, j]), x[k, j], mean[j], scale, beta, j, relu_like)
+            sum_g[j] += gradient
+            sum_g_dev[j] += gradient * (x[k, j] - mean[j])
 
 
 @twin(BATCHNORM_THRESHOLD)
@@ -217,14 +332,8 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         part_dout_xmu = np.zeros((n_parts, n_features))
         for part in prange(n_parts):
             start, stop = part_bounds(n_rows, n_parts, part)
-            p_dout = part_dout[part]
-            p_dout_xmu = part_dout_xmu[part]
-            for i in range(start, stop):
-                for j in range(n_features):
-                    gradient = gradient_through_relu(np.float64(dout[i, j]), x[i, j], mean[j], scale, beta, j,
-                                                     relu_like)
-                    p_dout[j] += gradient
-                    p_dout_xmu[j] += gradient * (x[i, j] - mean[j])
+            _add_gradient_sums(part_dout[part], part_dout_xmu[part], dout, x, mean, scale, beta, relu_like,
+                               start, stop)
         for chunk in prange(n_column_chunks(n_features)):
             start, stop = column_chunk(n_features, chunk)
             sums[0, start:stop] = sum_parts(part_dout, start, stop)
@@ -246,6 +355,8 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
         if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
             offset[j] = np.nan
+    # Row by row: four-row sweeps here measured 2x slower in the serial twin
+    # (256x4096 float32, 0.51 ms -> 1.07 ms; the parallel twin gained 1.4x).
     summing = dx_column_sums.size > 0
     part_sums = np.zeros((n_parts if summing else 0, n_features))
     for part in prange(n_parts):

@@ -17,11 +17,22 @@ from numba.extending import overload
 
 from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
 
-# Row-blocked passes over (N, D): the statistics kernel has two parallel
-# regions and per-part buffers, so its parallel twin wins later than an
-# elementwise pass. Measured (float64, D = 256, 2 cores, tbb, median of 41;
-# serial/parallel us): 65536: 37.1/40.4, 131072: 72.0/62.8.
-BATCHNORM_THRESHOLD = 1 << 17
+# Where each parallel twin starts to win (elements). Measured (float64,
+# 2 cores, tbb, median of 41, each call after an untimed one; serial /
+# parallel us at 2^15, 2^16, 2^17, 2^18 elements):
+#   statistics (two parallel regions, per-part buffers), D = 64:
+#     8.9/18.9, 17.2/27.9, 36.0/49.2, 72.7/59.7; D = 256: 9.9/17.9,
+#     18.4/29.3, 32.7/39.1, 61.9/52.2; D = 4096: 23.7/40.8, 32.4/47.8,
+#     54.5/70.0, 93.3/78.2;
+#   normalise, D = 64: 8.1/9.5, 16.1/11.8, 32.4/19.9, 65.9/40.1; D = 256:
+#     8.4/10.6, 15.3/14.0, 28.5/23.3, 51.6/35.8; D = 4096: 15.8/18.8,
+#     20.7/23.0, 39.6/33.5, 132.1/80.6;
+#   backward, D = 64: 25.5/39.2, 50.6/60.2, 96.5/79.5, 198.3/143.9; D = 256:
+#     20.4/33.6, 42.0/46.4, 74.4/70.7, 149.7/114.6; D = 4096: 42.1/65.7,
+#     69.5/92.3, 144.6/170.0, 251.7/187.8.
+STATS_THRESHOLD = 1 << 18
+NORMALIZE_THRESHOLD = 1 << 16
+BACKWARD_THRESHOLD = 1 << 17
 
 # Rows per statistics block: about 512 KiB of x, so a block stays in L2
 # between its two passes. Measured (_batchnorm_stats, 2 parts, 2 cores,
@@ -98,7 +109,7 @@ def _add_squared_deviations(acc, x, center, start, stop):
             acc[j] += deviation * deviation
 
 
-@twin(BATCHNORM_THRESHOLD)
+@twin(STATS_THRESHOLD)
 def _batchnorm_stats(x, n_parts, rows_per_block, mean, var, momentum, running_mean, running_var,
                      new_running_mean, new_running_var):
     """mean[j], var[j] (biased) of x[:, j], two-pass quality, float64; and the
@@ -231,7 +242,7 @@ def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop):
             out[k, j] = relu_after(_normalized(x[k, j], center[j], scale[j], shift[j], out), relu_like)
 
 
-@twin(BATCHNORM_THRESHOLD)
+@twin(NORMALIZE_THRESHOLD)
 def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
     """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j],
     followed by a ReLU when ``relu_like`` is an array (see ``relu_after``).
@@ -306,7 +317,7 @@ def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, 
             sum_g_dev[j] += gradient * (x[k, j] - mean[j])
 
 
-@twin(BATCHNORM_THRESHOLD)
+@twin(BACKWARD_THRESHOLD)
 def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, reduce, apply, n_parts,
                         dx, dgamma, dbeta, dx_column_sums):
     """dx, dgamma, dbeta of the train-mode forward over a batch of ``n_total``

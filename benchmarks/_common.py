@@ -8,12 +8,10 @@ function, so compilation never enters a ``time_`` figure.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
 from fastlayers._table import BY_NAME, SIZES
+from fastlayers.bench import _alternate
 
 DTYPES = ["float32", "float64"]
 IMPLEMENTATIONS = ["fastlayers", "reference"]
@@ -34,16 +32,12 @@ def prepared_call(name: str, implementation: str, dtype: str, size: str):
 
 
 def speedup(name: str, dtype: str, size: str, repeats: int = 5, baseline: str = "reference") -> float:
-    """Baseline time / fastlayers time, alternating the two, medians."""
-    fast = prepared_call(name, "fastlayers", dtype, size)
-    slow = prepared_call(name, baseline, dtype, size)
-    times = {fast: [], slow: []}
-    for _ in range(repeats):
-        for call in (fast, slow):
-            start = time.perf_counter()
-            call()
-            times[call].append(time.perf_counter() - start)
-    return statistics.median(times[slow]) / statistics.median(times[fast])
+    """Baseline time / fastlayers time, medians, measured as ``python -m
+    fastlayers bench`` measures them (alternating round by round, each
+    timed call right after an untimed call of itself)."""
+    times = _alternate({"fastlayers": prepared_call(name, "fastlayers", dtype, size),
+                        baseline: prepared_call(name, baseline, dtype, size)}, repeats, budget=float("inf"))
+    return times[baseline] / times["fastlayers"]
 
 
 class _LayerFamily:

@@ -190,3 +190,19 @@ def test_zero_eps_constant_feature_divides_like_numpy():
         for ours, theirs in zip([out, *grads], [out_ref, *grads_ref]):
             np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
             np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+
+
+@pytest.mark.parametrize("layer", ["tbb", "workqueue"])  # omp needs the system's libgomp
+def test_threading_layer_the_user_asks_for(layer):
+    """NUMBA_THREADING_LAYER wins over fastlayers' choice, tbb included (its
+    library comes from the tbb wheel, which numba finds only once loaded)."""
+    if layer == "tbb" and fl.threading_layer() != "tbb":
+        pytest.skip("the tbb wheel is not installed on this platform")
+    script = ("import numpy as np, fastlayers as fl; "
+              "x = np.linspace(-1, 1, 1 << 18).reshape(512, 512); "
+              "assert np.array_equal(fl.relu_forward(x)[0], np.maximum(x, 0)); "
+              "print(fl.threading_layer())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_THREADING_LAYER": layer})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [layer]

@@ -11,7 +11,9 @@ The layer is chosen on import, before any parallel kernel runs:
   but a child forked after parallel work can hang). ``workqueue`` is never
   a good choice: two threads launching kernels at once abort the process.
 
-``NUMBA_THREADING_LAYER`` set by the user always wins.
+``NUMBA_THREADING_LAYER`` set by the user always wins; the tbb library is
+loaded in any case, so that a user who asks for ``tbb`` (or for a
+``threadsafe``/``forksafe`` choice that includes it) gets it.
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ def _load_tbb() -> bool:
 
 
 def _choose_layer() -> None:
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        return
-    if _load_tbb():
+    tbb_loaded = _load_tbb()
+    if tbb_loaded and "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "tbb"
 
 

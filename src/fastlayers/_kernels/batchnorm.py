@@ -16,6 +16,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
+from .relu import passes
 
 # Where each parallel twin starts to win (elements). Measured (float64,
 # 2 cores, tbb, median of 41, each call after an untimed one; serial /
@@ -286,7 +287,7 @@ def _gradient_through_relu_overload(gradient, x_value, center, scale, beta, j, r
 
     def through(gradient, x_value, center, scale, beta, j, relu_like):
         normalized = _normalized(x_value, center, scale[j], beta[j], relu_like)
-        return gradient * (1.0 if normalized >= 0 else 0.0)
+        return gradient * (1.0 if passes(normalized) else 0.0)
 
     return through
 

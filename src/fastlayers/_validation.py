@@ -7,7 +7,7 @@ kernel (which would answer with a typing traceback or read out of bounds).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
     integer and bool arrays are converted to float64. Everything else
     (float16, longdouble, complex, object, strings, ...) is a TypeError.
     """
+    if type(value) is np.ndarray and value.dtype.char in "fd":  # the common case, kept cheap
+        return value
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -48,10 +50,14 @@ def check_ndim(array: np.ndarray, ndim: int, func: str, name: str, shape_hint: s
         )
 
 
-def check_shape(array: np.ndarray, expected: tuple[int, ...], func: str, name: str, why: str) -> None:
+def check_shape(array: np.ndarray, expected: tuple[int, ...], func: str, name: str, why: str,
+                *why_args: Any) -> None:
+    """ValueError unless ``array.shape == expected``; ``why`` (formatted with
+    ``why_args`` only on failure: formatting costs more than the check) says
+    what asks for that shape."""
     if array.shape != expected:
         raise ValueError(
-            f"{func}: {name} has shape {array.shape} but {why} needs shape {expected}"
+            f"{func}: {name} has shape {array.shape} but {why.format(*why_args)} needs shape {expected}"
         )
 
 
@@ -120,6 +126,7 @@ def check_overlaps(
     return found
 
 
+_NO_PAIRS: frozenset[tuple[str, str]] = frozenset()
 OutputSpec = tuple[str, Any, tuple[int, ...], np.dtype]  # (name, caller's array or None, shape, dtype)
 
 
@@ -128,15 +135,19 @@ def prepare_outputs(
     specs: tuple[OutputSpec, ...],
     inputs: Callable[[], dict[str, np.ndarray]],
     in_place: tuple[tuple[str, str], ...] = (),
-) -> tuple[list[np.ndarray], set[tuple[str, str]]]:
+) -> tuple[list[np.ndarray], Set[tuple[str, str]]]:
     """The result arrays of ``func``: the caller's, checked (``check_output``,
     ``check_overlaps`` against ``inputs()``, called only then), or new ones.
     Returns them in ``specs``' order, and the in-place pairs found."""
-    for spec in specs:
-        if spec[1] is not None:
+    # The common case, kept cheap (a small call's whole budget is a few us):
+    # nothing supplied, so new arrays and no comprehension or set built.
+    arrays = []
+    for _, value, shape, dtype in specs:
+        if value is not None:
             break
-    else:  # the common case, kept cheap: nothing supplied
-        return [np.empty(shape, dtype=dtype) for _, _, shape, dtype in specs], set()
+        arrays.append(np.empty(shape, dtype=dtype))
+    else:
+        return arrays, _NO_PAIRS
     supplied = {name: check_output(value, shape, dtype, func, name)
                 for name, value, shape, dtype in specs if value is not None}
     found = check_overlaps(func, supplied, inputs(), in_place)

@@ -70,7 +70,9 @@ class TwinKernel:
         """Run the twin that ``work`` (elements touched) calls for, or the forced one."""
         path = _forced_path
         if path is None:
-            parallel = work >= self.threshold and numba.get_num_threads() > 1
+            if work < self.threshold:  # tested first: small calls pay for one comparison only
+                return self.serial(*args)
+            parallel = numba.get_num_threads() > 1
         else:
             parallel = path == "parallel"
         return (self.parallel if parallel else self.serial)(*args)

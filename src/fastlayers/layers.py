@@ -281,7 +281,7 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     xa = as_float_array(x, func, "x")
     if out is None:
         if xa.flags.c_contiguous:  # the common case, without _flat_pair's call (a quarter of a small call)
-            result = np.empty_like(xa)
+            result = np.empty(xa.shape, dtype=xa.dtype)  # C order, so ravel() is a view
             _relu_forward(xa.size, xa.ravel(), result.ravel(), NO_MASK_1D)
             return result, x
         x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)

@@ -130,6 +130,24 @@ def test_float32_batchnorm_large_mean_matches_float64():
     assert normwise_error(seed_out32, out64) > 1e-3
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 45, 517, 4099])
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_batchnorm_variance_has_two_pass_quality(n, path):
+    """x = 1e8 + noise(std 1) in float64: E[x^2] - E[x]^2 would lose every digit
+    (x^2 ~ 1e16, so its rounding alone is ~1); the blocks' two-pass statistics,
+    merged with Chan's formula, keep the variance to 1e-7. Row counts cover
+    whole eight-row blocks, leftover rows, and parts of unequal size."""
+    rng = np.random.default_rng(n)
+    x = 1e8 + rng.standard_normal((n, 5))
+    x[:, 4] = 1e8  # a constant feature: variance exactly 0 in exact arithmetic
+    with forced_path(path):
+        _, cache = fl.batchnorm_forward(x, np.ones(5), np.zeros(5), {"mode": "train"})
+    exact_var = np.var(x - 1e8, axis=0)  # x - 1e8 is exact here, and small
+    np.testing.assert_allclose(cache.mean - 1e8, np.mean(x - 1e8, axis=0), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(cache.var[:4], exact_var[:4], rtol=1e-7, atol=1e-12)
+    assert cache.var[4] == 0.0
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values_propagate_like_the_reference(bad):
     rng = np.random.default_rng(9)

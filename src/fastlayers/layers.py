@@ -22,7 +22,6 @@ from ._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
-    block_rows,
     update_running,
 )
 from ._kernels.relu import _relu_backward, _relu_forward
@@ -435,13 +434,13 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         momentum = args["momentum"]
         if comm is None:
             n_total = n
-            _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, momentum,
+            _batchnorm_stats(n * d, x_c, n_row_parts(n), center, var, momentum,
                              running_mean, running_var, new_mean, new_var)
         else:
             counts = global_rows(func, comm, n, d, xa.dtype)
             n_total = int(counts.sum())
             if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(n * d, x_c, n_row_parts(n), block_rows(d, x_c.itemsize), center, var, momentum,
+                _batchnorm_stats(n * d, x_c, n_row_parts(n), center, var, momentum,
                                  running_mean, running_var, new_mean[:0], new_var[:0])
             merge_statistics(comm, counts, center, var)
             update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)

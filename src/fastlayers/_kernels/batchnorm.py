@@ -2,10 +2,11 @@
 
 Statistics are accumulated in float64 whatever the input dtype, over a fixed
 partition of the rows into parts (``n_row_parts``): each part streams its
-rows in cache-sized blocks, takes the block's mean and sum of squared
-deviations in two passes while the block is hot, and merges blocks with
-Chan's formula; parts are then merged in part order. Nothing depends on
-the thread count, so the serial and the parallel twin agree bitwise.
+rows in blocks of eight, takes each block's mean and sum of squared
+deviations in two passes over the values in registers, and merges the
+blocks with Chan's formula; parts are then merged in part order. Nothing
+depends on the thread count, so the serial and the parallel twin agree
+bitwise.
 """
 
 from __future__ import annotations
@@ -21,25 +22,20 @@ from .relu import passes
 # Where each parallel twin starts to win (elements). Measured (float64,
 # 2 cores, tbb, median of 41, each call after an untimed one; serial /
 # parallel us at 2^15, 2^16, 2^17, 2^18 elements):
-#   statistics (two parallel regions, per-part buffers), D = 64:
-#     8.9/18.9, 17.2/27.9, 36.0/49.2, 72.7/59.7; D = 256: 9.9/17.9,
-#     18.4/29.3, 32.7/39.1, 61.9/52.2; D = 4096: 23.7/40.8, 32.4/47.8,
-#     54.5/70.0, 93.3/78.2;
+#   statistics (two parallel regions, per-part buffers; eight-row blocks,
+#     median of 41), D = 64: 9.0/12.7, 15.7/16.1, 31.0/22.6, 62.6/38.9;
+#     D = 256: 7.4/12.4, 13.9/17.0, 28.1/26.6, 50.7/38.1; D = 4096:
+#     19.9/28.9, 27.5/38.1, 31.6/38.8, 55.1/43.5 (2^17: a loss at D = 4096,
+#     a gain at D = 64 and 256);
 #   normalise, D = 64: 8.1/9.5, 16.1/11.8, 32.4/19.9, 65.9/40.1; D = 256:
 #     8.4/10.6, 15.3/14.0, 28.5/23.3, 51.6/35.8; D = 4096: 15.8/18.8,
 #     20.7/23.0, 39.6/33.5, 132.1/80.6;
 #   backward, D = 64: 25.5/39.2, 50.6/60.2, 96.5/79.5, 198.3/143.9; D = 256:
 #     20.4/33.6, 42.0/46.4, 74.4/70.7, 149.7/114.6; D = 4096: 42.1/65.7,
 #     69.5/92.3, 144.6/170.0, 251.7/187.8.
-STATS_THRESHOLD = 1 << 18
+STATS_THRESHOLD = 1 << 17
 NORMALIZE_THRESHOLD = 1 << 16
 BACKWARD_THRESHOLD = 1 << 17
-
-# Rows per statistics block: about 512 KiB of x, so a block stays in L2
-# between its two passes. Measured (_batchnorm_stats, 2 parts, 2 cores,
-# 256x4096 float64, ms): 128 KiB blocks 0.395, 512 KiB 0.348, 1 MiB 0.357.
-_BLOCK_BYTES = 1 << 19
-
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
 # arrays) outgrow L1; narrower rows go row by row. Measured (normalise,
@@ -48,10 +44,6 @@ _BLOCK_BYTES = 1 << 19
 SWEEP_MIN_FEATURES = 2048
 # Elements per task of the normalise pass (whole rows, at least four).
 NORMALIZE_TASK_ELEMENTS = 1 << 14
-
-
-def block_rows(n_features: int, itemsize: int) -> int:
-    return max(1, _BLOCK_BYTES // (itemsize * max(1, n_features)))
 
 
 @numba.njit(inline="always")
@@ -72,8 +64,9 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
 # of float64 at D = 4096, L1's size), so the reductions take four rows per
 # sweep over the columns and load and store them once per four rows. Each
 # column still adds its rows in row order: the bits are those of a
-# row-by-row loop. Measured (serial statistics, 256x4096, median of 41, us,
-# row by row / four rows): float32 334/202, float64 445/272. The helpers
+# row-by-row loop. Measured (serial statistics, then two passes over 512 KiB
+# blocks, 256x4096, median of 41, us, row by row / four rows): float32
+# 334/202, float64 445/272. The helpers
 # of the statistics and the normalise are compiled as functions of their
 # own: inlined into the loop over row tasks, the normalise's four-row loop
 # came out scalar (3x slower serial at 256x4096 float32).
@@ -110,32 +103,66 @@ def _add_squared_deviations(acc, x, center, start, stop):
             acc[j] += deviation * deviation
 
 
+# The statistics' blocks of eight rows: each is read from memory once, its
+# second pass running on the values in registers. Before, blocks of 512 KiB
+# were read twice, the second time from L2, which left memory idle during
+# that pass. Measured (_batchnorm_stats, parallel, median of 15, us, 512 KiB
+# blocks / eight rows): 4096x4096 float32 3035/1952, float64 5435/4146;
+# 256x4096 float32 156/136, float64 198/119; 1000x1024 float32 133/127,
+# float64 158/116. Blocks of four rows: 4096x4096 float32 2221 (eight:
+# 1993 in that run), float64 4319 (4000). The 1-7 rows left over in a part
+# are one more block, two-pass row-wise: column by column, they made
+# 1000x1024 float32 (parts of 62 rows) 28% slower (198 against 155 us).
+@numba.njit(error_model="numpy")
+def _part_moments(mean, m2, x, start, stop):
+    """Per-column mean and M2 (sum of squared deviations) of rows [start, stop)
+    of x into mean and m2 (float64, overwritten): blocks of eight rows, each
+    two-pass over its values in registers, merged in row order with Chan's
+    formula; the last 1-7 rows make one more block, two-pass row-wise."""
+    mean[:] = 0.0
+    m2[:] = 0.0
+    count = 0
+    i = start
+    while i + 8 <= stop:
+        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+        total = count + 8
+        weight = 8 / total
+        cross = count * weight  # as _chan_merge's
+        for j in range(mean.size):
+            a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
+            a4, a5, a6, a7 = np.float64(r4[j]), np.float64(r5[j]), np.float64(r6[j]), np.float64(r7[j])
+            block_mean = (((((((a0 + a1) + a2) + a3) + a4) + a5) + a6) + a7) * 0.125
+            d0, d1, d2, d3 = a0 - block_mean, a1 - block_mean, a2 - block_mean, a3 - block_mean
+            d4, d5, d6, d7 = a4 - block_mean, a5 - block_mean, a6 - block_mean, a7 - block_mean
+            block_m2 = ((((((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3) + d4 * d4) + d5 * d5) + d6 * d6) + d7 * d7
+            delta = block_mean - mean[j]
+            mean[j] += delta * weight
+            m2[j] += block_m2 + delta * delta * cross
+        count = total
+        i += 8
+    if i < stop:
+        block_mean = np.zeros(mean.size)
+        _add_rows(block_mean, x, i, stop)
+        block_mean /= stop - i
+        block_m2 = np.zeros(mean.size)
+        _add_squared_deviations(block_m2, x, block_mean, i, stop)
+        _chan_merge(count, stop - i, mean, m2, block_mean, block_m2, 0, mean.size)
+
+
 @twin(STATS_THRESHOLD)
-def _batchnorm_stats(x, n_parts, rows_per_block, mean, var, momentum, running_mean, running_var,
-                     new_running_mean, new_running_var):
+def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var, new_running_mean,
+                     new_running_var):
     """mean[j], var[j] (biased) of x[:, j], two-pass quality, float64; and the
     running statistics' update ``momentum * running + (1 - momentum) * sample``
     into the new arrays, in the dtypes NumPy would use for it (momentum in
     the running array's dtype, the sample in x's)."""
     n_rows, n_features = x.shape
-    part_mean = np.zeros((n_parts, n_features))
-    part_m2 = np.zeros((n_parts, n_features))
+    part_mean = np.empty((n_parts, n_features))
+    part_m2 = np.empty((n_parts, n_features))
     for part in prange(n_parts):
         start, stop = part_bounds(n_rows, n_parts, part)
-        block_mean = np.empty(n_features)
-        block_m2 = np.empty(n_features)
-        count = 0
-        for block_start in range(start, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            n_block = block_stop - block_start
-            block_mean[:] = 0.0
-            _add_rows(block_mean, x, block_start, block_stop)
-            for j in range(n_features):
-                block_mean[j] /= n_block
-            block_m2[:] = 0.0
-            _add_squared_deviations(block_m2, x, block_mean, block_start, block_stop)
-            count = _chan_merge(count, n_block, part_mean[part], part_m2[part], block_mean, block_m2,
-                                0, n_features)
+        _part_moments(part_mean[part], part_m2[part], x, start, stop)
     for chunk in prange(n_column_chunks(n_features)):
         start, stop = column_chunk(n_features, chunk)
         mean[start:stop] = 0.0

@@ -47,16 +47,29 @@ NORMALIZE_TASK_ELEMENTS = 1 << 14
 
 
 @numba.njit(inline="always")
+def _chan_weights(count, n_new):
+    """Chan et al.'s weights for merging n_new values into count: (the merged
+    count, the new mean's weight, the squared mean difference's weight)."""
+    total = count + n_new
+    weight = n_new / total
+    return total, weight, count * weight
+
+
+@numba.njit(inline="always")
+def _chan_update(mean, m2, j, new_mean, new_m2, weight, cross):
+    """Merge column j's (new_mean, new_m2) into (mean[j], m2[j]) with ``_chan_weights``' weights."""
+    delta = new_mean - mean[j]
+    mean[j] += delta * weight
+    m2[j] += new_m2 + delta * delta * cross
+
+
+@numba.njit(inline="always")
 def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
     """Merge (n_new, new_mean, new_m2) into (count, mean, m2) over columns
     [start, stop) with Chan et al.'s formula; return the merged count."""
-    total = count + n_new
-    weight = n_new / total
-    cross = count * weight
+    total, weight, cross = _chan_weights(count, n_new)
     for j in range(start, stop):
-        delta = new_mean[j] - mean[j]
-        mean[j] += delta * weight
-        m2[j] += new_m2[j] + delta * delta * cross
+        _chan_update(mean, m2, j, new_mean[j], new_m2[j], weight, cross)
     return total
 
 
@@ -66,10 +79,10 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
 # column still adds its rows in row order: the bits are those of a
 # row-by-row loop. Measured (serial statistics, then two passes over 512 KiB
 # blocks, 256x4096, median of 41, us, row by row / four rows): float32
-# 334/202, float64 445/272. The helpers
-# of the statistics and the normalise are compiled as functions of their
-# own: inlined into the loop over row tasks, the normalise's four-row loop
-# came out scalar (3x slower serial at 256x4096 float32).
+# 334/202, float64 445/272. The helpers of the statistics and the normalise
+# are compiled as functions of their own: inlined into the loop over row
+# tasks, the normalise's four-row loop came out scalar (3x slower serial at
+# 256x4096 float32).
 @numba.njit(error_model="numpy")
 def _add_rows(acc, x, start, stop):
     """acc[j] += x[i, j] for the rows i in [start, stop), in row order."""
@@ -126,9 +139,7 @@ def _part_moments(mean, m2, x, start, stop):
     while i + 8 <= stop:
         r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
         r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
-        total = count + 8
-        weight = 8 / total
-        cross = count * weight  # as _chan_merge's
+        total, weight, cross = _chan_weights(count, 8)
         for j in range(mean.size):
             a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
             a4, a5, a6, a7 = np.float64(r4[j]), np.float64(r5[j]), np.float64(r6[j]), np.float64(r7[j])
@@ -136,9 +147,7 @@ def _part_moments(mean, m2, x, start, stop):
             d0, d1, d2, d3 = a0 - block_mean, a1 - block_mean, a2 - block_mean, a3 - block_mean
             d4, d5, d6, d7 = a4 - block_mean, a5 - block_mean, a6 - block_mean, a7 - block_mean
             block_m2 = ((((((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3) + d4 * d4) + d5 * d5) + d6 * d6) + d7 * d7
-            delta = block_mean - mean[j]
-            mean[j] += delta * weight
-            m2[j] += block_m2 + delta * delta * cross
+            _chan_update(mean, m2, j, block_mean, block_m2, weight, cross)
         count = total
         i += 8
     if i < stop:

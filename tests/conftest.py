@@ -20,7 +20,7 @@ settings.load_profile("fastlayers-ci" if os.environ.get("CI") else "fastlayers")
 
 DTYPES = [np.float32, np.float64]
 PATHS = ["serial", "parallel"]
-LAYOUTS = ["C", "F", "strided", "readonly"]
+LAYOUTS = ["C", "F", "strided", "readonly", "byteswapped"]
 
 
 @pytest.fixture(params=PATHS)
@@ -54,6 +54,8 @@ def with_layout(array: np.ndarray, layout: str) -> np.ndarray:
         frozen = array.copy()
         frozen.setflags(write=False)
         return frozen
+    if layout == "byteswapped":  # as read from a file of the other endianness
+        return array.astype(array.dtype.newbyteorder("S"))
     raise ValueError(layout)
 
 

@@ -22,18 +22,22 @@ def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
     """Return ``value`` as an ndarray of float32 or float64.
 
     float32/float64 arrays are returned as they are (any layout, no copy);
-    integer and bool arrays are converted to float64. Everything else
-    (float16, longdouble, complex, object, strings, ...) is a TypeError.
+    integer and bool arrays are converted to float64, and floats stored in
+    the other byte order (read from a big-endian file, say) to the same
+    dtype in the machine's order, which is all numba can read. Everything
+    else (float16, longdouble, complex, object, strings, ...) is a TypeError.
     """
-    if type(value) is np.ndarray and value.dtype.char in "fd":  # the common case, kept cheap
-        return value
+    if type(value) is np.ndarray:  # the common case, kept cheap
+        dtype = value.dtype
+        if dtype.char in "fd" and dtype.isnative:
+            return value
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{func}: {name} cannot be read as an array: {exc}") from None
     kind = array.dtype.kind
     if kind == "f" and array.dtype.itemsize in (4, 8):
-        return array
+        return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
     if kind in "iub":
         return array.astype(np.float64)
     raise TypeError(

@@ -451,8 +451,12 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         var = running_var.astype(np.float64)
     relu_like = np.empty(0, dtype=out.dtype) if relu else None
     _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
-    bn_param["running_mean"] = running_mean
-    bn_param["running_var"] = running_var
+    if train:
+        bn_param["running_mean"] = running_mean
+        bn_param["running_var"] = running_var
+    else:  # as the seed: what was there stays (not our converted copy); zeros where nothing was
+        bn_param.setdefault("running_mean", running_mean)
+        bn_param.setdefault("running_var", running_var)
     return out, cache
 
 

@@ -41,6 +41,13 @@ CASES = {
     "affine x str": (lambda: fl.affine_forward(np.array([["a"]]), W, B), TypeError, "x has dtype <U1"),
     "affine x longdouble": (lambda: fl.affine_forward(X.astype(np.longdouble), W, B), TypeError, "x has dtype"),
     "affine x ragged": (lambda: fl.affine_forward([[1.0], [1.0, 2.0]], W, B), TypeError, "x cannot be read"),
+    # Dimensions past BLAS's 32-bit limit, in arrays of zero stride (no memory).
+    "affine D > BLAS limit": (lambda: fl.affine_forward(np.broadcast_to(1.0, (2, 2**31)), np.broadcast_to(1.0, (2**31, 2)), B),
+                              ValueError, "dimension D=2147483648 exceeds the BLAS limit"),
+    "affine M > BLAS limit": (lambda: fl.affine_forward(X, np.broadcast_to(1.0, (3, 2**31)), np.broadcast_to(1.0, 2**31)),
+                              ValueError, "dimension M=2147483648"),
+    "affine N > BLAS limit": (lambda: fl.affine_forward(np.broadcast_to(1.0, (2**31, 3)), W, B),
+                              ValueError, "dimension N=2147483648"),
     # affine_backward
     "affine dout shape": (lambda: fl.affine_backward(np.ones((4, 3)), _affine_cache()), ValueError, "dout has shape (4, 3)"),
     "affine cache foreign": (lambda: fl.affine_backward(np.ones((4, 2)), {"x": X}), ValueError, "cache must be the (x, w, b)"),

@@ -65,8 +65,11 @@ def check_shape(array: np.ndarray, expected: tuple[int, ...], func: str, name: s
         )
 
 
-def check_blas_dims(func: str, **dims: int) -> None:
-    for name, size in dims.items():
+def check_blas_dims(func: str, n: int, d: int, m: int) -> None:
+    """ValueError if a matrix dimension (N, D or M) is too large for BLAS."""
+    if n <= _MAX_BLAS_DIM and d <= _MAX_BLAS_DIM and m <= _MAX_BLAS_DIM:  # no dict of names built
+        return
+    for name, size in (("N", n), ("D", d), ("M", m)):
         if size > _MAX_BLAS_DIM:
             raise ValueError(
                 f"{func}: dimension {name}={size} exceeds the BLAS limit of {_MAX_BLAS_DIM}"

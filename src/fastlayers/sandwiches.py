@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._cache import BatchNormCache, ReluMask
-from ._kernels._blas import ensure_blas
+from ._kernels._blas import blas_int_zero
 from ._kernels.affine import affine_input_gradients
 from ._validation import as_float_array, check_overlaps
 from .layers import (
@@ -160,5 +160,5 @@ def affine_batchnorm_relu_backward(
                                         "cache beta": bn_cache.beta})
     dpre, dgamma, dbeta = batchnorm_gradients(func, douta, bn_cache, None, dgamma, dbeta, relu_column_sums=plan["db"])
     n, d = plan["n"], plan["d"]
-    affine_input_gradients(ensure_blas()(0), dpre, *plan["x"], *plan["w"], plan["dx"].reshape(n, d), plan["dw"])
+    affine_input_gradients(blas_int_zero(), dpre, *plan["x"], *plan["w"], plan["dx"].reshape(n, d), plan["dw"])
     return plan["dx"], plan["dw"], plan["db"], dgamma, dbeta

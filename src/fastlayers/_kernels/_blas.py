@@ -91,6 +91,19 @@ def ensure_blas() -> type:
     return _blas_int
 
 
+_blas_zero: np.integer | None = None
+
+
+def blas_int_zero() -> np.integer:
+    """0 as a scalar of the BLAS integer type: the kernels' ``blas_int``
+    argument (its type picks the gemm symbol). Binds BLAS on first use;
+    made once, as a small call's budget is a few microseconds."""
+    global _blas_zero
+    if _blas_zero is None:
+        _blas_zero = ensure_blas()(0)
+    return _blas_zero
+
+
 def _gemm_function(dtype: types.Type, int_type: types.Integer) -> types.ExternalFunction:
     p = types.CPointer
     integer = p(int_type)

@@ -18,8 +18,18 @@ from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
 from .relu import passes
 
 # The bias fill, the ReLU epilogue and the db reduction are memory passes
-# over (N, M) like the elementwise kernels; gemm threads itself.
-AFFINE_THRESHOLD = 1 << 16
+# over (N, M); gemm threads itself. Next to the gemm those passes are small,
+# and numba's threads, spinning after their region, compete with the BLAS's
+# for the cores, so the parallel twin did not win below 2^22 output
+# elements. Measured (float64, 2 cores, tbb, median of 21, each call after
+# an untimed one; serial/parallel us, forward / with the ReLU / backward /
+# with the ReLU): D = 64, M = 64, 2^16: 101/106, 110/116, 229/236, 312/319;
+# 2^18: 511/541, 543/554, 1316/1328, 3547/3551. D = 1024, M = 1024, 2^20:
+# 22946/23416, 23449/23768, 47093/47033, 49077/49556. D = 16, M = 1024,
+# 2^20: 697/707, 858/868, 1243/1306, 1776/1809; 2^21: 1605/1578,
+# 1914/1981, 3349/3405, 4370/4633; 2^22: 4220/4263, 5918/5980, 8673/8168,
+# 20961/20468; 2^23: 8653/9014, 12680/12905, 17291/17182, 34931/35684.
+AFFINE_THRESHOLD = 1 << 22
 
 
 @twin(AFFINE_THRESHOLD)

@@ -19,11 +19,12 @@ from .relu import passes
 
 # The bias fill, the ReLU epilogue and the db reduction are memory passes
 # over (N, M); gemm threads itself. Next to the gemm those passes are small,
-# and numba's threads, spinning after their region, compete with the BLAS's
-# for the cores, so the parallel twin did not win below 2^22 output
-# elements. Measured (float64, 2 cores, tbb, median of 21, each call after
-# an untimed one; serial/parallel us, forward / with the ReLU / backward /
-# with the ReLU): D = 64, M = 64, 2^16: 101/106, 110/116, 229/236, 312/319;
+# and a parallel pass right after a gemm shares the cores with OpenBLAS's
+# threads, which keep spinning after the call (BENCHMARKS.md, session 5),
+# so the parallel twin did not win below 2^22 output elements. Measured
+# (float64, 2 cores, tbb, median of 21, each call after an untimed one;
+# serial/parallel us, forward / with the ReLU / backward / with the ReLU):
+# D = 64, M = 64, 2^16: 101/106, 110/116, 229/236, 312/319;
 # 2^18: 511/541, 543/554, 1316/1328, 3547/3551. D = 1024, M = 1024, 2^20:
 # 22946/23416, 23449/23768, 47093/47033, 49077/49556. D = 16, M = 1024,
 # 2^20: 697/707, 858/868, 1243/1306, 1776/1809; 2^21: 1605/1578,

@@ -59,6 +59,10 @@ CASES = {
     "relu x float16": (lambda: fl.relu_forward(np.ones(3, np.float16)), TypeError, "x has dtype float16"),
     "relu dout shape": (lambda: fl.relu_backward(np.ones(4), np.ones(3)), ValueError, "dout has shape (4,)"),
     "relu cache foreign": (lambda: fl.relu_backward(np.ones(3), _bn_cache()), TypeError, "cache"),
+    "relu x masked": (lambda: fl.relu_forward(np.ma.masked_less(np.arange(-2.0, 2.0), 0)), TypeError,
+                      "x is a masked array"),
+    "bn gamma masked": (lambda: fl.batchnorm_forward(X, np.ma.masked_array(GAMMA), GAMMA, {"mode": "train"}),
+                        TypeError, "gamma is a masked array"),
     "relu dout str": (lambda: fl.relu_backward(np.array(["a", "b"]), np.ones(2)), TypeError, "dout has dtype <U1"),
     # batchnorm_forward
     "bn mode missing": (lambda: fl.batchnorm_forward(X, GAMMA, GAMMA, {}), KeyError, "bn_param['mode']"),

@@ -117,8 +117,9 @@ def test_bad_results_are_refused_by_name(rng, function):
                 continue
             with pytest.raises(ValueError, match=f"{function}: {name} .*{why}"):
                 call(**{name: bad})
-        with pytest.raises(TypeError, match=f"{function}: {name} must be a NumPy array"):
-            call(**{name: good.tolist()})
+        for not_an_array in (good.tolist(), np.ma.masked_array(np.empty(good.shape, good.dtype))):
+            with pytest.raises(TypeError, match=f"{function}: {name} must be a NumPy array"):
+                call(**{name: not_an_array})
 
 
 def test_in_place_relu_forward_keeps_the_gradient(path, rng):

@@ -7,6 +7,7 @@ kernel (which would answer with a typing traceback or read out of bounds).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Set
 from typing import Any
 
@@ -25,12 +26,18 @@ def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
     integer and bool arrays are converted to float64, and floats stored in
     the other byte order (read from a big-endian file, say) to the same
     dtype in the machine's order, which is all numba can read. Everything
-    else (float16, longdouble, complex, object, strings, ...) is a TypeError.
+    else (float16, longdouble, complex, object, strings, ...) is a TypeError,
+    and so is a masked array, whose mask no layer could honour.
     """
     if type(value) is np.ndarray:  # the common case, kept cheap
         dtype = value.dtype
         if dtype.char in "fd" and dtype.isnative:
             return value
+    if _is_masked(value):
+        raise TypeError(
+            f"{func}: {name} is a masked array, whose mask the layers cannot honour; "
+            f"pass {name}.filled(value) or np.asarray({name}) (which ignores the mask)"
+        )
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -44,6 +51,13 @@ def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
         f"{func}: {name} has dtype {array.dtype}, which is not supported; "
         f"use {SUPPORTED}"
     )
+
+
+def _is_masked(value: Any) -> bool:
+    """Whether value is a NumPy masked array (numpy.ma is not imported for it:
+    if nobody has imported it, value cannot be one)."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and isinstance(value, ma.MaskedArray)
 
 
 def check_ndim(array: np.ndarray, ndim: int, func: str, name: str, shape_hint: str) -> None:
@@ -82,7 +96,7 @@ def check_output(out: Any, shape: tuple[int, ...], dtype: np.dtype, func: str, n
     As strict as ``np.dot``'s ``out``: exactly the result's shape and
     dtype, C-contiguous and writeable.
     """
-    if not isinstance(out, np.ndarray):
+    if not isinstance(out, np.ndarray) or _is_masked(out):
         raise TypeError(f"{func}: {name} must be a NumPy array or None, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{func}: {name} has shape {out.shape} but the result has shape {tuple(shape)}")

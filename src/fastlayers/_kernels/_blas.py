@@ -124,7 +124,7 @@ def _keep_alive(value):
 def gemm(blas_int, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):  # pragma: no cover
     """C = A·B + beta·C in column-major terms (callable from njit code only).
 
-    ``blas_int`` is a scalar of the BLAS's integer type (from ``ensure_blas``).
+    ``blas_int`` is a scalar of the BLAS's integer type (``blas_int_zero()``).
     ``trans_a``/``trans_b`` are True for 'T'. ``a``, ``b``, ``c`` are
     C-contiguous arrays of one dtype whose memory holds the column-major
     matrices with the given leading dimensions.

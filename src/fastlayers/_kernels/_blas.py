@@ -33,8 +33,6 @@ import numpy as np
 from numba import types
 from numba.extending import overload, register_jitable
 
-_blas_int: type | None = None
-
 
 def _symbol(letter: str, int_type: types.Integer) -> str:
     return f"fastlayers_{letter}gemm_i{int_type.bitwidth}"
@@ -79,29 +77,26 @@ def _bind_scipy_lp64() -> None:
         llvm.add_symbol(_symbol(letter, types.int32), address)
 
 
-def ensure_blas() -> type:
-    """Bind the gemm symbols once; return the BLAS integer type (np.int64 or np.int32)."""
-    global _blas_int
-    if _blas_int is None:
-        if _bind_numpy_ilp64():
-            _blas_int = np.int64
-        else:
-            _bind_scipy_lp64()
-            _blas_int = np.int32
-    return _blas_int
-
-
 _blas_zero: np.integer | None = None
 
 
 def blas_int_zero() -> np.integer:
     """0 as a scalar of the BLAS integer type: the kernels' ``blas_int``
-    argument (its type picks the gemm symbol). Binds BLAS on first use;
-    made once, as a small call's budget is a few microseconds."""
+    argument (its type picks the gemm symbol). Binds the gemm symbols on
+    first use; made once, as a small call's budget is a few microseconds."""
     global _blas_zero
     if _blas_zero is None:
-        _blas_zero = ensure_blas()(0)
+        if _bind_numpy_ilp64():
+            _blas_zero = np.int64(0)
+        else:
+            _bind_scipy_lp64()
+            _blas_zero = np.int32(0)
     return _blas_zero
+
+
+def ensure_blas() -> type:
+    """Bind the gemm symbols once; return the BLAS integer type (np.int64 or np.int32)."""
+    return type(blas_int_zero())
 
 
 def _gemm_function(dtype: types.Type, int_type: types.Integer) -> types.ExternalFunction:

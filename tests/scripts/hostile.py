@@ -210,7 +210,11 @@ def check(name, args, results=None):
     for ours, theirs in zip(outputs, expected_outputs):
         assert ours.shape == np.shape(theirs), (name, ours.shape, np.shape(theirs))
         if name.startswith("relu"):
-            assert ours.tobytes() == np.ascontiguousarray(theirs).tobytes(), name
+            # Bit for bit, in the machine's byte order: ours always is (documented), while the
+            # seed's x.copy() keeps a byteswapped x's order.
+            native = np.asarray(theirs).dtype.newbyteorder("=")
+            assert ours.dtype == native, (name, ours.dtype, native)
+            assert ours.tobytes() == np.ascontiguousarray(theirs, dtype=native).tobytes(), name
 
 
 SANDWICHES = ["affine_relu_forward", "affine_relu_backward", "affine_batchnorm_relu_forward",

@@ -11,6 +11,8 @@ import pytest
 
 from fastlayers.__main__ import main
 from fastlayers._table import BATCHNORM_STEP, BY_NAME, LAYERS
+from fastlayers.bench import floor_seconds
+from fastlayers.scaling import FUNCTIONS, default_thread_counts, format_table
 
 
 def test_bench_small_run_writes_table_and_json(tmp_path):
@@ -36,7 +38,8 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["bench", "--size", "huge"], ["bench", "--repeat", "0"], ["train", "--epochs", "0"],
-                                  ["train", "--dtype", "float16"], ["serve"]])
+                                  ["train", "--dtype", "float16"], ["serve"],
+                                  ["scaling", "--threads", "0"], ["scaling", "--shape", "10"]])
 def test_bad_options_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -61,3 +64,53 @@ def test_short_calls_are_timed_as_loops_of_calls():
     assert calls["slow"] == 2 + 3 * 2
     assert calls["fast"] > 3 * 10  # each sample a loop of many calls
     assert 0 < times["fast"] < MIN_SAMPLE_S <= times["slow"]
+
+
+def test_scaling_run_reports_every_kernel_at_every_thread_count(tmp_path):
+    target = tmp_path / "scaling.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "fastlayers", "scaling", "--shape", "48", "80", "--threads", "1", "--dtype", "float32",
+         "--no-torch", "--repeat", "3", "--json", str(target)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "size 48x80" in done.stdout and "% of ceiling" in done.stdout
+    document = json.loads(target.read_text())
+    assert document["size"] == [48, 80]
+    kernels = [r for r in document["records"] if r["kind"] == "kernel"]
+    assert [r["function"] for r in kernels] == list(FUNCTIONS)
+    for record in kernels:
+        assert record["threads"] == 1 and record["dtype"] == "float32"
+        assert record["fastlayers_s"] > 0 and 0 < record["floor_s"] and record["torch_s"] is None
+        assert record["function"] in done.stdout
+    [ceiling] = [r for r in document["records"] if r["kind"] == "ceiling"]
+    assert ceiling["copy_bandwidth_gbs"] > 0 and ceiling["first_touch_s"] >= 0
+
+
+def test_scaling_refuses_more_threads_than_numba_has(capsys):
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    assert main(["scaling", "--threads", "1", str(most + 1), "--no-torch"]) == 2
+    assert f"--threads: at most NUMBA_NUM_THREADS={most}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("most", "counts"), [(1, [1]), (2, [1, 2]), (12, [1, 2, 4, 8, 12]), (16, [1, 2, 4, 8, 16])])
+def test_default_thread_counts_double_up_to_numba_threads(monkeypatch, most, counts):
+    import numba
+
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", most)
+    assert default_thread_counts() == counts
+
+
+def test_scaling_table_measures_against_each_count_and_the_best_copy_bandwidth():
+    shape = (1000, 1000)  # 8 MB of float64: relu_forward moves 16 MB
+    ceilings = [{"kind": "ceiling", "dtype": "float64", "threads": n, "copy_bandwidth_gbs": gbs, "first_touch_s": 0.0}
+                for n, gbs in ((1, 8.0), (2, 16.0))]
+    kernels = [{"kind": "kernel", "function": "relu_forward", "dtype": "float64", "threads": n, "fastlayers_s": s,
+                "torch_s": None, "floor_s": floor_seconds("relu_forward", shape, "float64", gbs, 0.0)}
+               for n, s, gbs in ((1, 4e-3, 8.0), (2, 1e-3, 16.0))]
+    lines = format_table(ceilings + kernels, shape).splitlines()
+    # 1 thread: floor 2 ms at 8 GB/s -> 50%; at the best, 16 GB/s, 1 ms -> 25%. 2 threads: 4x faster, 100%.
+    assert lines[2].split()[3:8] == ["4.00", "ms", "1.00x", "50%", "25%"]
+    assert lines[3].split()[3:8] == ["1.00", "ms", "4.00x", "100%", "100%"]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers bench [options]`` and ``python -m fastlayers train [options]``."""
+"""Command line: ``python -m fastlayers bench|scaling|train [options]``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="also write a log-log PNG plot (needs matplotlib)")
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    scaling = commands.add_parser("scaling", help="time ReLU and batch norm over thread counts against the copy bandwidth")
+    scaling.add_argument("--threads", type=_positive_int, nargs="+", metavar="N",
+                         help="thread counts (default 1, 2, 4, ... and NUMBA_NUM_THREADS)")
+    scaling.add_argument("--size", choices=["small", "medium", "large"], default="large")
+    scaling.add_argument("--shape", type=_positive_int, nargs=2, metavar=("N", "D"),
+                         help="(N, D) of the arrays instead of --size's, e.g. larger than the last-level cache")
+    scaling.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
+    scaling.add_argument("--repeat", type=_positive_int, default=9, help="repeats per measurement (default 9)")
+    scaling.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    scaling.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     train = commands.add_parser("train", help="train a NumPy MLP on the digits, on the reference layers and on fastlayers")
     train.add_argument("--epochs", type=_positive_int, default=15)
     train.add_argument("--batch-size", type=_positive_int, default=100)
@@ -39,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import run
 
         return run(args)
+    if args.command == "scaling":
+        from .scaling import run as run_scaling
+
+        return run_scaling(args)
     if args.command == "train":
         from .train import run as run_training
 

@@ -48,6 +48,14 @@ ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "
 FRESH_OUTPUTS = {"batchnorm_step": 0}
 
 
+def floor_seconds(function: str, shape: tuple[int, ...], dtype: str, bandwidth_gbs: float,
+                  first_touch_s: float) -> float:
+    """The least time ``function`` can take: its bytes over the copy bandwidth, plus its fresh outputs' first touch."""
+    array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return (ARRAY_PASSES[function] * array_bytes / (bandwidth_gbs * 1e9)
+            + FRESH_OUTPUTS.get(function, 1) * first_touch_s)
+
+
 @numba.njit(parallel=True, cache=True)
 def _parallel_copy(source, target):
     for i in numba.prange(source.size):
@@ -238,11 +246,10 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
     row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
               blas_s=times.get("blas"), composed_s=times.get("composed"), numpy_s=times.get("numpy"))
     if layer.name in ARRAY_PASSES:
-        array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        row.bytes_moved = ARRAY_PASSES[layer.name] * array_bytes
-        touch = FRESH_OUTPUTS.get(layer.name, 1) * ceilings.first_touch_s[f"{size}/{dtype}"]
-        bandwidth = ceilings.copy_bandwidth_gbs[f"{size}/{dtype}"]
-        row.floor_s = row.bytes_moved / (bandwidth * 1e9) + touch
+        row.bytes_moved = ARRAY_PASSES[layer.name] * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        key = f"{size}/{dtype}"
+        row.floor_s = floor_seconds(layer.name, shape, dtype, ceilings.copy_bandwidth_gbs[key],
+                                    ceilings.first_touch_s[key])
     return row
 
 
@@ -309,6 +316,14 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def aligned(lines: list[list[str]]) -> str:
+    """A text table: the first line is the header, underlined; columns left-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
 def format_table(rows: list[Row], has_torch: bool) -> str:
     header = ["function", "dtype", "size", "fastlayers", "reference", "speed-up"]
     if has_torch:
@@ -332,10 +347,7 @@ def format_table(rows: list[Row], has_torch: bool) -> str:
         if row.numpy_s is not None:
             cells[-1] += f"; {row.numpy_s / row.fastlayers_s:.2f}x {NUMPY_ONE_LINERS[row.function]}"
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text)
+    return aligned(lines)
 
 
 def plot(rows: list[Row], path: str) -> None:
@@ -377,6 +389,11 @@ def plot(rows: list[Row], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def progress(message: str) -> None:
+    """Overwrite the status line on stderr."""
+    print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
+
+
 def run(args: Any) -> int:
     sizes = ["small", "medium"] if args.quick and args.size == "all" else (
         list(SIZES) if args.size == "all" else [args.size])
@@ -388,9 +405,6 @@ def run(args: Any) -> int:
         has_torch = not args.no_torch
     except ImportError:
         has_torch = False
-
-    def progress(message: str) -> None:
-        print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
 
     from . import get_num_threads, threading_layer
 

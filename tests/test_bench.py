@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numba
 import pytest
 
 from fastlayers.__main__ import main
@@ -88,8 +89,6 @@ def test_scaling_run_reports_every_kernel_at_every_thread_count(tmp_path):
 
 
 def test_scaling_refuses_more_threads_than_numba_has(capsys):
-    import numba
-
     most = numba.config.NUMBA_NUM_THREADS
     assert main(["scaling", "--threads", "1", str(most + 1), "--no-torch"]) == 2
     assert f"--threads: at most NUMBA_NUM_THREADS={most}" in capsys.readouterr().err
@@ -97,8 +96,6 @@ def test_scaling_refuses_more_threads_than_numba_has(capsys):
 
 @pytest.mark.parametrize(("most", "counts"), [(1, [1]), (2, [1, 2]), (12, [1, 2, 4, 8, 12]), (16, [1, 2, 4, 8, 16])])
 def test_default_thread_counts_double_up_to_numba_threads(monkeypatch, most, counts):
-    import numba
-
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", most)
     assert default_thread_counts() == counts
 
@@ -114,3 +111,18 @@ def test_scaling_table_measures_against_each_count_and_the_best_copy_bandwidth()
     # 1 thread: floor 2 ms at 8 GB/s -> 50%; at the best, 16 GB/s, 1 ms -> 25%. 2 threads: 4x faster, 100%.
     assert lines[2].split()[3:8] == ["4.00", "ms", "1.00x", "50%", "25%"]
     assert lines[3].split()[3:8] == ["1.00", "ms", "4.00x", "100%", "100%"]
+
+
+def test_scaling_measure_restores_the_thread_count():
+    import fastlayers as fl
+    from fastlayers.scaling import measure
+
+    original = fl.get_num_threads()
+    most = numba.config.NUMBA_NUM_THREADS
+    try:
+        fl.set_num_threads(1)
+        records = measure([most], (16, 24), ["float64"], repeats=1, budget=0.0, with_torch=False)
+        assert fl.get_num_threads() == 1
+        assert {r["threads"] for r in records} == {most}
+    finally:
+        fl.set_num_threads(original)

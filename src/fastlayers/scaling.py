@@ -44,17 +44,17 @@ def _bound(function: Callable[..., Any], args: tuple) -> Callable[[], Any]:
 
 
 def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repeats: int, budget: float,
-            with_torch: bool, progress: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
+            with_torch: bool, report: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
     """One record per (dtype, thread count, function), plus one ceiling record per (dtype, thread count).
 
-    The thread settings (fastlayers' and, with ``with_torch``, PyTorch's) are
-    restored afterwards.
+    ``report`` is told what is being measured. The thread settings
+    (fastlayers' and, with ``with_torch``, PyTorch's) are restored afterwards.
     """
     torch = None
     if with_torch:
         import torch
     threads_before = get_num_threads()
-    torch_threads_before = torch.get_num_threads() if torch else 0
+    torch_threads_before = torch.get_num_threads() if torch is not None else 0
     layers = {name: BY_NAME[name] for name in FUNCTIONS}
     rng = np.random.default_rng(0)
     records: list[dict[str, Any]] = []
@@ -65,16 +65,16 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
                      for name, layer in layers.items()}
             for n in threads:
                 set_num_threads(n)
-                progress(f"{dtype}, {n} threads: copy bandwidth")
+                report(f"{dtype}, {n} threads: copy bandwidth")
                 bandwidth, touch = measure_ceilings(shape, dtype, repeats)
                 records.append({"kind": "ceiling", "dtype": dtype, "threads": n, "copy_bandwidth_gbs": bandwidth,
                                 "first_touch_s": touch})
-                progress(f"{dtype}, {n} threads: fastlayers")
+                report(f"{dtype}, {n} threads: fastlayers")
                 with np.errstate(all="ignore"):
                     times = _alternate(calls, repeats, budget)
                 torch_times: dict[str, float] = {}
-                if torch:
-                    progress(f"{dtype}, {n} threads: torch")
+                if torch is not None:
+                    report(f"{dtype}, {n} threads: torch")
                     torch.set_num_threads(n)
                     torch_calls = {name: _torch_calls(layer, inputs[name]) for name, layer in layers.items()}
                     torch_times = _alternate({k: v for k, v in torch_calls.items() if v is not None}, repeats, budget)
@@ -85,7 +85,7 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
                                     "floor_s": floor_seconds(name, shape, dtype, bandwidth, touch)})
     finally:
         set_num_threads(threads_before)
-        if torch:
+        if torch is not None:
             torch.set_num_threads(torch_threads_before)
     return records
 

@@ -48,11 +48,15 @@ ARRAY_PASSES = {"relu_forward": 2, "relu_backward": 3, "batchnorm_forward": 3, "
 FRESH_OUTPUTS = {"batchnorm_step": 0}
 
 
+def bytes_moved(function: str, shape: tuple[int, ...], dtype: str) -> int:
+    """The bytes ``function`` must move over (N, D) arrays of ``shape``."""
+    return ARRAY_PASSES[function] * int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
 def floor_seconds(function: str, shape: tuple[int, ...], dtype: str, bandwidth_gbs: float,
                   first_touch_s: float) -> float:
     """The least time ``function`` can take: its bytes over the copy bandwidth, plus its fresh outputs' first touch."""
-    array_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return (ARRAY_PASSES[function] * array_bytes / (bandwidth_gbs * 1e9)
+    return (bytes_moved(function, shape, dtype) / (bandwidth_gbs * 1e9)
             + FRESH_OUTPUTS.get(function, 1) * first_touch_s)
 
 
@@ -246,7 +250,7 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
     row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
               blas_s=times.get("blas"), composed_s=times.get("composed"), numpy_s=times.get("numpy"))
     if layer.name in ARRAY_PASSES:
-        row.bytes_moved = ARRAY_PASSES[layer.name] * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        row.bytes_moved = bytes_moved(layer.name, shape, dtype)
         key = f"{size}/{dtype}"
         row.floor_s = floor_seconds(layer.name, shape, dtype, ceilings.copy_bandwidth_gbs[key],
                                     ceilings.first_touch_s[key])
@@ -389,6 +393,17 @@ def plot(rows: list[Row], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def torch_wanted(no_torch: bool) -> bool:
+    """Whether to time PyTorch: importable, and not left out with ``--no-torch``."""
+    if no_torch:
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def progress(message: str) -> None:
     """Overwrite the status line on stderr."""
     print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
@@ -399,12 +414,7 @@ def run(args: Any) -> int:
         list(SIZES) if args.size == "all" else [args.size])
     dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
     repeats, budget = (5, 0.5) if args.quick else (args.repeat, 3.0)
-    try:
-        import torch  # noqa: F401
-
-        has_torch = not args.no_torch
-    except ImportError:
-        has_torch = False
+    has_torch = torch_wanted(args.no_torch)
 
     from . import get_num_threads, threading_layer
 

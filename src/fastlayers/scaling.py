@@ -26,8 +26,8 @@ import numpy as np
 
 from . import __version__, get_num_threads, set_num_threads, threading_layer
 from ._table import BY_NAME, SIZES
-from .bench import (_alternate, _cpu_model, _fmt_time, _torch_calls, aligned, floor_seconds, measure_ceilings,
-                    progress)
+from .bench import (DTYPES, _alternate, _cpu_model, _fmt_time, _torch_calls, aligned, floor_seconds, measure_ceilings,
+                    progress, torch_wanted)
 
 FUNCTIONS = ("relu_forward", "relu_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_step")
 
@@ -120,17 +120,10 @@ def run(args: Any) -> int:
     if max(threads) > most:
         print(f"--threads: at most NUMBA_NUM_THREADS={most} threads, got {max(threads)}", file=sys.stderr)
         return 2
-    dtypes = ["float32", "float64"] if args.dtype == "all" else [args.dtype]
-    try:
-        import torch  # noqa: F401
-
-        with_torch = not args.no_torch
-    except ImportError:
-        with_torch = False
-
+    dtypes = list(DTYPES) if args.dtype == "all" else [args.dtype]
     started = time.perf_counter()
     n, d = args.shape or SIZES[args.size]["nd"]
-    records = measure(sorted(set(threads)), (n, d), dtypes, args.repeat, 3.0, with_torch, progress)
+    records = measure(sorted(set(threads)), (n, d), dtypes, args.repeat, 3.0, torch_wanted(args.no_torch), progress)
     progress("")
     print(file=sys.stderr)
     print(f"fastlayers {__version__} scaling: numpy {np.__version__}, numba {numba.__version__}, "

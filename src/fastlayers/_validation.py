@@ -16,7 +16,7 @@ import numpy as np
 SUPPORTED = "float32 or float64 (integer and bool inputs are converted to float64)"
 
 # BLAS takes 32-bit integer dimensions.
-_MAX_BLAS_DIM = 2**31 - 1
+MAX_BLAS_DIM = 2**31 - 1
 
 
 def as_float_array(value: Any, func: str, name: str) -> np.ndarray:
@@ -81,12 +81,12 @@ def check_shape(array: np.ndarray, expected: tuple[int, ...], func: str, name: s
 
 def check_blas_dims(func: str, n: int, d: int, m: int) -> None:
     """ValueError if a matrix dimension (N, D or M) is too large for BLAS."""
-    if n <= _MAX_BLAS_DIM and d <= _MAX_BLAS_DIM and m <= _MAX_BLAS_DIM:  # no dict of names built
+    if n <= MAX_BLAS_DIM and d <= MAX_BLAS_DIM and m <= MAX_BLAS_DIM:  # no dict of names built
         return
     for name, size in (("N", n), ("D", d), ("M", m)):
-        if size > _MAX_BLAS_DIM:
+        if size > MAX_BLAS_DIM:
             raise ValueError(
-                f"{func}: dimension {name}={size} exceeds the BLAS limit of {_MAX_BLAS_DIM}"
+                f"{func}: dimension {name}={size} exceeds the BLAS limit of {MAX_BLAS_DIM}"
             )
 
 

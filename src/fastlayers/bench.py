@@ -404,6 +404,19 @@ def torch_wanted(no_torch: bool) -> bool:
     return True
 
 
+def write_json(path: str, results: dict[str, Any]) -> None:
+    """Write a run's ``results`` to ``path`` as JSON, after the facts about
+    the machine and the build that every such document starts with."""
+    from . import threading_layer
+
+    document = {"version": __version__, "cpu": _cpu_model(), "cores": os.cpu_count(),
+                "threading_layer": threading_layer(), "numpy": np.__version__, "numba": numba.__version__,
+                **results}
+    with open(path, "w") as handle:
+        json.dump(document, handle, indent=2)
+    print(f"wrote {path}")
+
+
 def progress(message: str) -> None:
     """Overwrite the status line on stderr."""
     print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
@@ -462,15 +475,8 @@ def run(args: Any) -> int:
     print(f"sizes: {sizes_text}")
 
     if args.json:
-        document = {
-            "version": __version__, "cpu": _cpu_model(), "cores": os.cpu_count(),
-            "threads": get_num_threads(), "threading_layer": threading_layer(),
-            "ceilings": asdict(ceilings), "compile": compile_times,
-            "rows": [dict(asdict(r), speedup=r.speedup) for r in rows],
-        }
-        with open(args.json, "w") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, {"threads": get_num_threads(), "ceilings": asdict(ceilings), "compile": compile_times,
+                               "rows": [dict(asdict(r), speedup=r.speedup) for r in rows]})
     if args.plot:
         try:
             plot(rows, args.plot)

@@ -14,7 +14,6 @@ the machine's copy ceiling.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from . import __version__, get_num_threads, set_num_threads, threading_layer
 from ._table import BY_NAME, SIZES
 from .bench import (DTYPES, _alternate, _cpu_model, _fmt_time, _torch_calls, aligned, floor_seconds, measure_ceilings,
-                    progress, torch_wanted)
+                    progress, torch_wanted, write_json)
 
 FUNCTIONS = ("relu_forward", "relu_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_step")
 
@@ -135,10 +134,5 @@ def run(args: Any) -> int:
     print(format_table(records, (n, d)))
     print(f"\nmeasured in {time.perf_counter() - started:.0f} s")
     if args.json:
-        document = {"version": __version__, "cpu": _cpu_model(), "cores": os.cpu_count(),
-                    "threading_layer": threading_layer(), "numpy": np.__version__, "numba": numba.__version__,
-                    "size": [n, d], "records": records}
-        with open(args.json, "w") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, {"size": [n, d], "records": records})
     return 0

@@ -95,49 +95,46 @@ def _affine_operands(func: str, x: np.ndarray, w: np.ndarray) -> tuple[int, int,
     return n, d, m
 
 
-def _plain_arrays(first: Any, second: Any, third: Any) -> bool:
-    """Whether all three are plain C-contiguous ndarrays of one of NumPy's
-    own float dtypes: what the kernels take as it is.
+def _plain_matrices(x: Any, w: Any) -> tuple[int, int, int] | None:
+    """(N, D, M) if x (N, D) and w (D, M) are plain C-contiguous 2-D ndarrays
+    of one of NumPy's own float dtypes, with BLAS-sized dimensions; else None.
 
-    Identity with ``np.dtype(np.float32)`` or ``np.dtype(np.float64)``
-    implies native byte order. An equal dtype that is another object, like
-    any other input, just takes the general path, which converts it or
-    says what is wrong with it.
+    The affine layer's common case, which the kernels take as it is: tested
+    with ``_is_plain`` for the third operand in about 0.7 us, it spares
+    the general path's checks and conversions, which cost 2.6 us (forward)
+    and 3.2 us (backward) more at 64x100x10, where a whole call takes
+    4.6-10.6 us (BENCHMARKS.md, session 8). Identity with
+    ``np.dtype(np.float32)`` or ``np.dtype(np.float64)`` implies native
+    byte order; an equal dtype that is another object, like any other
+    input, just takes the general path, which converts it or says what is
+    wrong with it.
     """
     array = np.ndarray
-    if type(first) is not array or type(second) is not array or type(third) is not array:
-        return False
-    dtype = first.dtype
-    return ((dtype is _FLOAT32 or dtype is _FLOAT64) and second.dtype is dtype and third.dtype is dtype
-            and first.flags.c_contiguous and second.flags.c_contiguous and third.flags.c_contiguous)
-
-
-def _plain_affine(x: Any, w: Any, other: Any, other_is_bias: bool) -> tuple[int, int, int] | None:
-    """(N, D, M) if x (N, D) and w (D, M) are plain 2-D arrays (``_plain_arrays``)
-    with BLAS-sized dimensions, and so is ``other``: the bias (M,) or an
-    upstream gradient (N, M); else None.
-
-    The affine layer's common case, tested in about 0.7 us: it needs none
-    of the general path's checks and conversions, which cost 2.6 us
-    (forward) and 3.2 us (backward) more at 64x100x10, where the whole
-    call takes 4.6-10.6 us (BENCHMARKS.md, session 8).
-    """
-    if not _plain_arrays(x, w, other):
+    if type(x) is not array or type(w) is not array:
+        return None
+    dtype = x.dtype
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or w.dtype is not dtype:
         return None
     x_shape, w_shape = x.shape, w.shape
     if len(x_shape) != 2 or len(w_shape) != 2 or w_shape[0] != x_shape[1]:
         return None
     n, d = x_shape
     m = w_shape[1]
-    if other.shape != ((m,) if other_is_bias else (n, m)) or max(n, d, m) > MAX_BLAS_DIM:
+    if not (x.flags.c_contiguous and w.flags.c_contiguous) or max(n, d, m) > MAX_BLAS_DIM:
         return None
     return n, d, m
 
 
+def _is_plain(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """Whether value is a plain C-contiguous ndarray of exactly ``dtype`` (the
+    very object) and ``shape``: ``_plain_matrices``' test for one more operand."""
+    return type(value) is np.ndarray and value.dtype is dtype and value.shape == shape and value.flags.c_contiguous
+
+
 def affine_setup(func: str, x: ArrayLike, w: ArrayLike, b: ArrayLike) -> dict[str, Any]:
     """Checked affine operands, in the form the forward kernel takes."""
-    dims = _plain_affine(x, w, b, other_is_bias=True)
-    if dims is not None:
+    dims = _plain_matrices(x, w)
+    if dims is not None and _is_plain(b, x.dtype, dims[2:]):
         n, d, m = dims
         return {"x": x, "w": w, "b": b, "n": n, "d": d, "m": m, "dtype": x.dtype,
                 "operands": (x, False, w, False, b)}
@@ -199,8 +196,8 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None)
     >>> out[0]
     array([ 6.,  7.,  8.,  9., 10.])
     """
-    dims = None if out is not None else _plain_affine(x, w, b, other_is_bias=True)
-    if dims is not None:  # the common case, without the general path's checks and conversions
+    dims = None if out is not None else _plain_matrices(x, w)
+    if dims is not None and _is_plain(b, x.dtype, dims[2:]):  # the common case: no general checks
         n, _, m = dims
         result = np.empty((n, m), x.dtype)
         _affine_forward(n * m, blas_int_zero(), x, False, w, False, b, NO_MASK_2D, result)
@@ -216,6 +213,14 @@ def affine_gradient_plan(func: str, dout_shape: tuple[int, ...], dout_dtype: np.
     gradients of the affine layer whose cache is (x, w, b), for a dout of
     ``dout_shape`` and ``dout_dtype``; ``read``: the other arrays the
     computation reads, which the results may not overlap."""
+    if dx is None and dw is None and db is None and type(cache) is tuple and len(cache) == 3:
+        x, w = cache[0], cache[1]
+        dims = _plain_matrices(x, w)
+        if dims is not None and dout_dtype is x.dtype and dout_shape == (dims[0], dims[2]):  # the common case
+            n, d, m = dims
+            return {"n": n, "d": d, "m": m, "dtype": dout_dtype, "x": (x, False), "w": (w, False),
+                    "dx": np.empty((n, d), dout_dtype), "dw": np.empty((d, m), dout_dtype),
+                    "db": np.empty(m, dout_dtype)}
     if not isinstance(cache, (tuple, list)) or len(cache) != 3:
         raise ValueError(
             f"{func}: cache must be the (x, w, b) tuple returned by affine_forward, "
@@ -290,8 +295,8 @@ def affine_backward(dout: ArrayLike, cache: AffineCache, *, dx: Any = None, dw: 
     """
     if dx is None and dw is None and db is None and type(cache) is tuple and len(cache) == 3:
         x, w = cache[0], cache[1]
-        dims = _plain_affine(x, w, dout, other_is_bias=False)
-        if dims is not None:  # the common case, without the general path's checks and conversions
+        dims = _plain_matrices(x, w)
+        if dims is not None and _is_plain(dout, x.dtype, (dims[0], dims[2])):  # the common case: no general checks
             n, d, m = dims
             dtype = x.dtype
             dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)

@@ -152,9 +152,10 @@ def affine_batchnorm_relu_backward(
     douta = as_float_array(dout, func, "dout")
     # The affine part's checks come first, for the batch norm's dx to come.
     plan = affine_gradient_plan(func, douta.shape, np.result_type(douta, bn_cache.dtype), fc_cache, dx, dw, db, {})
-    supplied = {name: np.asarray(array) for name, array in
-                {"dx": dx, "dw": dw, "db": db, "dgamma": dgamma, "dbeta": dbeta}.items() if array is not None}
-    if supplied:  # results are written while every input may still be read
+    if not (dx is None and dw is None and db is None and dgamma is None and dbeta is None):
+        # Results are written while every input may still be read.
+        supplied = {name: np.asarray(array) for name, array in
+                    {"dx": dx, "dw": dw, "db": db, "dgamma": dgamma, "dbeta": dbeta}.items() if array is not None}
         check_overlaps(func, supplied, {"dout": douta, "cache x": np.asarray(fc_cache[0]),
                                         "cache w": np.asarray(fc_cache[1]), "cache gamma": bn_cache.gamma,
                                         "cache beta": bn_cache.beta})

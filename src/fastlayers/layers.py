@@ -101,9 +101,9 @@ def _plain_matrices(x: Any, w: Any) -> tuple[int, int, int] | None:
 
     The affine layer's common case, which the kernels take as it is: tested
     with ``_is_plain`` for the third operand in about 0.7 us, it spares
-    the general path's checks and conversions, which cost 2.6 us (forward)
-    and 3.2 us (backward) more at 64x100x10, where a whole call takes
-    4.6-10.6 us (BENCHMARKS.md, session 8). Identity with
+    the general path's checks and conversions, which cost 2.2 us (forward)
+    and 3.1 us (backward) more at 64x100x10, where a whole call takes
+    4.7-10.5 us (BENCHMARKS.md, session 8). Identity with
     ``np.dtype(np.float32)`` or ``np.dtype(np.float64)`` implies native
     byte order; an equal dtype that is another object, like any other
     input, just takes the general path, which converts it or says what is
@@ -155,7 +155,7 @@ def affine_product(func: str, args: dict[str, Any], out: Any, relu: bool) -> tup
     ``out``, followed in the same kernel by a ReLU when ``relu``; returns
     out and the ReLU's mask."""
     n, m = args["n"], args["m"]
-    if out is None:  # without prepare_outputs' call, a tenth of a small call
+    if out is None:  # np.empty without prepare_outputs' call: 0.2 us instead of 0.5
         out = np.empty((n, m), args["dtype"])
     else:
         (out,), _ = prepare_outputs(func, (("out", out, (n, m), args["dtype"]),),

@@ -471,8 +471,11 @@ def _real_param(func: str, bn_param: MutableMapping[str, Any], key: str, default
 def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: int, dtype: np.dtype) -> np.ndarray:
     if key not in bn_param:
         return np.zeros(d, dtype=dtype)
+    stat = bn_param[key]
+    if type(stat) is np.ndarray and (stat.dtype is _FLOAT32 or stat.dtype is _FLOAT64) and stat.shape == (d,):
+        return stat  # the common case, the array a train-mode call stored, without building a name (0.3 us)
     name = f"bn_param['{key}']"  # key is a fixed identifier: no repr() needed
-    stat = as_float_array(bn_param[key], func, name)
+    stat = as_float_array(stat, func, name)
     check_shape(stat, (d,), func, name, "D = {} features", d)
     return stat
 
@@ -494,11 +497,15 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         xa, gamma_a, beta_a, running_mean, running_var)
     # In test mode an in-place call is exact (each element is read before it
     # is written); in train mode the cache keeps x, which out would overwrite.
-    (out,), _ = prepare_outputs(
-        func, (("out", out, (n, d), dtype),),
-        lambda: {"x": xa, "gamma": gamma_a, "beta": beta_a,
-                 "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var, **(read or {})},
-        () if train else (("out", "x"),))
+    if out is None:  # np.empty without prepare_outputs' call: 0.2 us instead of 0.5
+        out = np.empty((n, d), dtype)
+    else:
+        (out,), _ = prepare_outputs(
+            func, (("out", out, (n, d), dtype),),
+            lambda: {"x": xa, "gamma": gamma_a, "beta": beta_a,
+                     "bn_param['running_mean']": running_mean, "bn_param['running_var']": running_var,
+                     **(read or {})},
+            () if train else (("out", "x"),))
     x_c = np.ascontiguousarray(xa)
     cache = None
     if train:
@@ -620,10 +627,13 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: Any, dx: Any, dgamma:
     relu = relu_column_sums is not None
     # dx may be dout or x itself: the second pass reads each element of both
     # before it writes it; the first pass has read all of dout by then.
-    (dx, dgamma, dbeta), _ = prepare_outputs(
-        func, (("dx", dx, (n, d), dtype), ("dgamma", dgamma, (d,), dtype), ("dbeta", dbeta, (d,), douta.dtype)),
-        lambda: {"dout": douta, "cache x": cache.x, "cache gamma": cache.gamma, "cache beta": cache.beta},
-        () if relu else (("dx", "dout"), ("dx", "cache x")))
+    if dx is None and dgamma is None and dbeta is None:  # without prepare_outputs' call: 0.5 us instead of 1.0
+        dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, douta.dtype)
+    else:
+        (dx, dgamma, dbeta), _ = prepare_outputs(
+            func, (("dx", dx, (n, d), dtype), ("dgamma", dgamma, (d,), dtype), ("dbeta", dbeta, (d,), douta.dtype)),
+            lambda: {"dout": douta, "cache x": cache.x, "cache gamma": cache.gamma, "cache beta": cache.beta},
+            () if relu else (("dx", "dout"), ("dx", "cache x")))
     dout_c = np.ascontiguousarray(douta)
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)

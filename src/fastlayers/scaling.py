@@ -62,6 +62,12 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
             inputs = {name: layer.inputs(rng, shape, dtype) for name, layer in layers.items()}
             calls = {name: _bound(layer.function("fastlayers"), layer.call_args("fastlayers", inputs[name]))
                      for name, layer in layers.items()}
+            torch_calls: dict[str, Callable[[], Any]] = {}
+            if torch is not None:  # once per dtype, not per thread count: each backward's graph clones the inputs
+                for name, layer in layers.items():
+                    call = _torch_calls(layer, inputs[name])
+                    if call is not None:
+                        torch_calls[name] = call
             for n in threads:
                 set_num_threads(n)
                 report(f"{dtype}, {n} threads: copy bandwidth")
@@ -75,8 +81,7 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
                 if torch is not None:
                     report(f"{dtype}, {n} threads: torch")
                     torch.set_num_threads(n)
-                    torch_calls = {name: _torch_calls(layer, inputs[name]) for name, layer in layers.items()}
-                    torch_times = _alternate({k: v for k, v in torch_calls.items() if v is not None}, repeats, budget)
+                    torch_times = _alternate(torch_calls, repeats, budget)
                     time.sleep(0.5)  # let PyTorch's spinning OpenMP threads go idle
                 for name in FUNCTIONS:
                     records.append({"kind": "kernel", "function": name, "dtype": dtype, "threads": n,

@@ -17,7 +17,12 @@ from ._cache import BatchNormCache, ReluMask
 from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels._blas import blas_int_zero
 from ._kernels._twins import n_row_parts
-from ._kernels.affine import _affine_backward, _affine_forward
+from ._kernels.affine import (
+    _affine_backward,
+    _affine_forward,
+    affine_backward_plain,
+    affine_forward_plain,
+)
 from ._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
@@ -100,10 +105,10 @@ def _plain_matrices(x: Any, w: Any) -> tuple[int, int, int] | None:
     of one of NumPy's own float dtypes, with BLAS-sized dimensions; else None.
 
     The affine layer's common case, which the kernels take as it is: tested
-    with ``_is_plain`` for the third operand in about 0.7 us, it spares
+    with ``_is_plain`` for the third operand in about 0.6 us, it spares
     the general path's checks and conversions, which cost 2.2 us (forward)
     and 3.1 us (backward) more at 64x100x10, where a whole call takes
-    4.7-10.5 us (BENCHMARKS.md, session 8). Identity with
+    4.0-9.5 us (BENCHMARKS.md, sessions 8 and 9). Identity with
     ``np.dtype(np.float32)`` or ``np.dtype(np.float64)`` implies native
     byte order; an equal dtype that is another object, like any other
     input, just takes the general path, which converts it or says what is
@@ -115,12 +120,13 @@ def _plain_matrices(x: Any, w: Any) -> tuple[int, int, int] | None:
     dtype = x.dtype
     if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or w.dtype is not dtype:
         return None
-    x_shape, w_shape = x.shape, w.shape
-    if len(x_shape) != 2 or len(w_shape) != 2 or w_shape[0] != x_shape[1]:
+    try:
+        (n, d), (d_w, m) = x.shape, w.shape
+    except ValueError:  # not both 2-D
         return None
-    n, d = x_shape
-    m = w_shape[1]
-    if not (x.flags.c_contiguous and w.flags.c_contiguous) or max(n, d, m) > MAX_BLAS_DIM:
+    if d_w != d or n > MAX_BLAS_DIM or d > MAX_BLAS_DIM or m > MAX_BLAS_DIM:
+        return None
+    if not (x.flags.c_contiguous and w.flags.c_contiguous):
         return None
     return n, d, m
 
@@ -200,7 +206,10 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None)
     if dims is not None and _is_plain(b, x.dtype, dims[2:]):  # the common case: no general checks
         n, _, m = dims
         result = np.empty((n, m), x.dtype)
-        _affine_forward(n * m, blas_int_zero(), x, False, w, False, b, NO_MASK_2D, result)
+        if _affine_forward.small(n * m):
+            affine_forward_plain(blas_int_zero(), x, w, b, result)
+        else:
+            _affine_forward(n * m, blas_int_zero(), x, False, w, False, b, NO_MASK_2D, result)
         return result, (x, w, b)
     func = "affine_forward"
     result, _ = affine_product(func, affine_setup(func, x, w, b), out, relu=False)
@@ -300,8 +309,11 @@ def affine_backward(dout: ArrayLike, cache: AffineCache, *, dx: Any = None, dw: 
             n, d, m = dims
             dtype = x.dtype
             dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
-            _affine_backward(n * m, blas_int_zero(), dout, NO_MASK_2D, x, False, w, False, n_row_parts(n),
-                             np.empty((0, 0), dtype), dx, dw, db)
+            if _affine_backward.small(n * m):
+                affine_backward_plain(blas_int_zero(), dout, x, w, dx, dw, db)
+            else:
+                _affine_backward(n * m, blas_int_zero(), dout, NO_MASK_2D, x, False, w, False, n_row_parts(n),
+                                 np.empty((0, 0), dtype), dx, dw, db)
             return dx, dw, db
     return affine_gradients("affine_backward", dout, cache, None, dx, dw, db)
 

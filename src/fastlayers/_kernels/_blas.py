@@ -16,7 +16,7 @@ OpenBLAS ran both at 0.116 s instead of 0.064 s. SciPy's
 Why BLAS and not a numba loop: gemm runs near the machine's peak flop rate
 on every benchmarked shape, several times faster than a numba triple loop;
 the bias stays fused by filling the output with it and calling gemm with
-beta = 1.
+beta = 1 (tiny products add it after a gemm with beta = 0: see affine.py).
 
 The BLAS integer width is part of the kernel's signature: kernels receive a
 ``blas_int`` scalar (int64 or int32) and call the symbol of that width, so

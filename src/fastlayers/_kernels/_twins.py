@@ -19,6 +19,7 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba.extending import register_jitable
 
 # Test hook: "serial" or "parallel" forces every kernel onto that path.
 _forced_path: str | None = None
@@ -77,6 +78,12 @@ class TwinKernel:
             parallel = path == "parallel"
         return (self.parallel if parallel else self.serial)(*args)
 
+    def small(self, work: int) -> bool:
+        """Whether ``work`` is under the threshold and no path is forced onto
+        the parallel twin: a caller with a shorter entry to the serial twin
+        (fewer arguments for numba to type) may take it instead."""
+        return work < self.threshold and _forced_path != "parallel"
+
 
 def twin(threshold: int) -> Callable[[types.FunctionType], TwinKernel]:
     """Decorator: ``@twin(threshold)`` over a body that uses ``prange``."""
@@ -93,6 +100,7 @@ def part_bounds(n_rows: int, n_parts: int, part: int) -> tuple[int, int]:
     return part * n_rows // n_parts, (part + 1) * n_rows // n_parts
 
 
+@register_jitable
 def n_row_parts(n_rows: int) -> int:
     """How many row parts a reduction over ``n_rows`` rows is split into.
 

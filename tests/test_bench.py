@@ -12,7 +12,8 @@ import pytest
 
 from fastlayers.__main__ import main
 from fastlayers._table import BATCHNORM_STEP, BY_NAME, LAYERS
-from fastlayers.bench import floor_seconds
+from fastlayers.bench import Row, floor_seconds
+from fastlayers.bench import format_table as bench_table
 from fastlayers.scaling import FUNCTIONS, default_thread_counts, format_table
 
 
@@ -35,7 +36,20 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
     for row in document["rows"]:
         assert row["fastlayers_s"] > 0 and row["reference_s"] > 0
         assert row["speedup"] == pytest.approx(row["reference_s"] / row["fastlayers_s"])
+        # Without PyTorch, fastlayers is timed alone for the rows with a floor only.
+        assert (row["alone_s"] is not None) == (row["floor_s"] is not None)
+        assert row["alone_s"] is None or row["alone_s"] > 0
     assert document["compile"]["warm_first_calls_s"] > 0
+
+
+def test_ratios_against_torch_and_the_floor_use_the_time_alone():
+    # Alternating with the reference, the call took 2 ms; alone, as PyTorch
+    # and the copy are timed, 1 ms: PyTorch's 1.5 ms is 1.50x, the 0.8 ms
+    # floor 80%.
+    row = Row("relu_forward", "float64", "medium", (256, 4096), fastlayers_s=2e-3, reference_s=8e-3,
+              torch_s=1.5e-3, bytes_moved=16_777_216, floor_s=0.8e-3, alone_s=1e-3)
+    cells = bench_table([row], has_torch=True).splitlines()[2].split()
+    assert cells[3:14] == ["2.00", "ms", "8.00", "ms", "4.0x", "1.00", "ms", "1.50", "ms", "1.50x", "80%"]
 
 
 @pytest.mark.parametrize("argv", [["bench", "--size", "huge"], ["bench", "--repeat", "0"], ["train", "--epochs", "0"],

@@ -36,13 +36,14 @@ AFFINE_THRESHOLD = 1 << 22
 # beta = 0 instead of being filled in before one with beta = 1: OpenBLAS's
 # small-matrix kernels for beta = 0 skip reading the output. Measured
 # (serial kernel in a numba loop, median of 9, us, beta = 1 / beta = 0 and a
-# bias pass): float32 64x100x10 2.45/2.08, 64x100x32 4.00/3.83, 16x128x64
-# 2.48/2.55, 64x100x64 7.50/7.76, 256x100x10 9.24/7.82; float64 64x100x10
-# 2.94/2.82, 64x100x32 7.61/7.51, 16x128x64 4.82/4.99, 64x100x64
-# 14.99/15.12; above 2^17, from 0.93x (1024x100x10 float32) to 1.07x
-# (128x512x512 float32). Both ways give the same bits unless D outgrows
-# OpenBLAS's blocking of the sum, where beta = 0 and a bias pass computes
-# the seed's own order, (x @ w) + b.
+# bias pass), within the limit: float32 64x100x10 2.45/2.08, 32x64x32
+# 1.36/1.33, 64x128x16 2.64/2.60, 16x128x64 2.48/2.55; float64 64x100x10
+# 2.94/2.82, 32x64x32 2.61/2.61, 64x128x16 4.99/4.98, 16x128x64 4.82/4.99.
+# Above it, beta = 0 took from 0.85x (256x100x10 float32: narrow outputs
+# kept gaining) to 1.07x (128x512x512 float32) the time of beta = 1. The two
+# gave the same bits in every shape measured up to the limit; where D
+# outgrows OpenBLAS's blocking of the sum they can differ, and beta = 0 and a
+# bias pass then compute the seed's own order, (x @ w) + b.
 BIAS_AFTER_MAX_PRODUCT = 1 << 17
 
 

@@ -64,7 +64,7 @@ def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, relu_mask, out):
             for j in range(m):
                 out[i, j] = b[j]
     if n > 0 and m > 0 and d > 0:
-        # out^T (M x N) = op(w) (M x D) . op(x) (D x N); beta = 1 keeps the bias.
+        # out^T (M x N) = op(w) (M x D) . op(x) (D x N); beta = 1 keeps the bias filled in above.
         gemm(blas_int, w_is_t, x_is_t, m, n, d,
              w, d if w_is_t else m,
              x, n if x_is_t else d,

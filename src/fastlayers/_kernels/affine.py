@@ -149,9 +149,17 @@ _affine_backward_serial = _affine_backward.serial
 
 
 @numba.njit(cache=True, error_model="numpy")
-def affine_backward_plain(blas_int, dout, x, w, dx, dw, db):
+def affine_gradients_plain(blas_int, dout, relu_kept, x, w, dx, dw, db):
     """``_affine_backward``'s serial twin for C-contiguous dout (N, M), x
-    (N, D) and w (D, M), without the ReLU: seven arguments instead of
-    thirteen (see ``affine_forward_plain``)."""
-    _affine_backward_serial(blas_int, dout, np.empty((0, 0), dtype=np.bool_), x, False, w, False,
-                            n_row_parts(dout.shape[0]), np.empty((0, 0), dtype=dout.dtype), dx, dw, db)
+    (N, D) and w (D, M), through the ReLU when ``relu_kept`` is not empty:
+    eight arguments instead of thirteen (see ``affine_forward_plain``)."""
+    n, m = dout.shape
+    dpre = np.empty((n, m) if relu_kept.size > 0 else (0, 0), dtype=dout.dtype)
+    _affine_backward_serial(blas_int, dout, relu_kept, x, False, w, False, n_row_parts(n), dpre, dx, dw, db)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def affine_backward_plain(blas_int, dout, x, w, dx, dw, db):
+    """``affine_gradients_plain`` without the ReLU: one argument fewer for
+    numba to type (0.1-0.15 us of a 7 us float32 call at 64x100x10)."""
+    affine_gradients_plain(blas_int, dout, np.empty((0, 0), dtype=np.bool_), x, w, dx, dw, db)

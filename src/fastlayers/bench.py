@@ -132,13 +132,9 @@ class Row:
     composed_s: float | None = None  # sandwiches: fastlayers' single layers one after the other
     numpy_s: float | None = None  # the ReLU's NumPy one-liner (NUMPY_ONE_LINERS)
     # fastlayers timed in a block of its own, as PyTorch and the copy are:
-    # the figure that "vs torch" and "% of floor" compare (see bench_row).
+    # the figure that "vs torch" and "% of floor" compare (see bench_row,
+    # which measures it for every row with either).
     alone_s: float | None = None
-
-    @property
-    def own_block_s(self) -> float:
-        """fastlayers' time measured as PyTorch's and the copy's are, in a block of its own."""
-        return self.alone_s if self.alone_s is not None else self.fastlayers_s
 
     @property
     def speedup(self) -> float:
@@ -357,9 +353,9 @@ def format_table(rows: list[Row], has_torch: bool) -> str:
         cells = [row.function, row.dtype, row.size, _fmt_time(row.fastlayers_s), _fmt_time(row.reference_s),
                  f"{row.speedup:.1f}x", _fmt_time(row.alone_s)]
         if has_torch:
-            cells += [_fmt_time(row.torch_s), f"{row.torch_s / row.own_block_s:.2f}x" if row.torch_s else "-"]
+            cells += [_fmt_time(row.torch_s), f"{row.torch_s / row.alone_s:.2f}x" if row.torch_s else "-"]
         if row.floor_s is not None:
-            cells.append(f"{100 * row.floor_s / row.own_block_s:.0f}% of floor ({row.bytes_moved / 1e6:.1f} MB)")
+            cells.append(f"{100 * row.floor_s / row.alone_s:.0f}% of floor ({row.bytes_moved / 1e6:.1f} MB)")
         elif row.blas_s is not None:
             bare = "x@w" if row.function.endswith("forward") else "2 products"
             cells.append(f"{row.fastlayers_s / row.blas_s:.2f}x bare {bare}")

@@ -204,13 +204,12 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None)
     array([ 6.,  7.,  8.,  9., 10.])
     """
     dims = None if out is not None else _plain_matrices(x, w)
-    if dims is not None and _is_plain(b, x.dtype, dims[2:]):  # the common case: no general checks
+    # The common case of a small call: no general checks. A larger one, where
+    # they cost nothing to speak of, takes the general path to the same kernel.
+    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
         n, _, m = dims
         result = np.empty((n, m), x.dtype)
-        if _affine_forward.small(n * m):
-            affine_forward_plain(blas_int_zero(), x, w, b, result)
-        else:
-            _affine_forward(n * m, blas_int_zero(), x, False, w, False, b, NO_MASK_2D, result)
+        affine_forward_plain(blas_int_zero(), x, w, b, result)
         return result, (x, w, b)
     func = "affine_forward"
     result, _ = affine_product(func, affine_setup(func, x, w, b), out, relu=False)
@@ -312,15 +311,13 @@ def affine_backward(dout: ArrayLike, cache: AffineCache, *, dx: Any = None, dw: 
     if dx is None and dw is None and db is None and type(cache) is tuple and len(cache) == 3:
         x, w = cache[0], cache[1]
         dims = _plain_matrices(x, w)
-        if dims is not None and _is_plain(dout, x.dtype, (dims[0], dims[2])):  # the common case: no general checks
+        # As in affine_forward: a small call of the common case skips the general checks.
+        if (dims is not None and _affine_backward.small(dims[0] * dims[2])
+                and _is_plain(dout, x.dtype, (dims[0], dims[2]))):
             n, d, m = dims
             dtype = x.dtype
             dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
-            if _affine_backward.small(n * m):
-                affine_backward_plain(blas_int_zero(), dout, x, w, dx, dw, db)
-            else:
-                _affine_backward(n * m, blas_int_zero(), dout, NO_MASK_2D, x, False, w, False, n_row_parts(n),
-                                 np.empty((0, 0), dtype), dx, dw, db)
+            affine_backward_plain(blas_int_zero(), dout, x, w, dx, dw, db)
             return dx, dw, db
     return affine_gradients("affine_backward", dout, cache, None, dx, dw, db)
 

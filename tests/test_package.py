@@ -52,6 +52,51 @@ def test_threading_layer_is_tbb_when_installed():
     assert out.stdout.strip() == expected if expected else out.stdout.strip() in ("omp", "workqueue")
 
 
+WARMUP_COVERS_THE_TABLE = """
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+
+import fastlayers
+from fastlayers._kernels import _twins, affine, batchnorm, relu
+from fastlayers._table import LAYERS
+
+
+def compiled():  # signatures of every cached kernel, each twin apart
+    found = {}
+    for module in (affine, batchnorm, relu):
+        for name, kernel in vars(module).items():
+            if isinstance(kernel, _twins.TwinKernel):
+                found[name + ".serial"] = len(kernel.serial.signatures)
+                found[name + ".parallel"] = len(kernel.parallel.signatures)
+            elif isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ != "NullCache":
+                found[name] = len(kernel.signatures)
+    return found
+
+
+fastlayers.warmup()
+warm = compiled()
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for size in ("small", "medium"):
+        for layer in LAYERS:
+            args = layer.call_args("fastlayers", layer.inputs(rng, size, dtype))
+            for _ in range(2):  # the second batch-norm forward finds running statistics
+                layer.function("fastlayers")(*args)
+print(sum(warm.values()), sorted(name for name, count in compiled().items() if count != warm[name]))
+"""
+
+
+def test_warmup_prepares_every_kernel_the_layers_call():
+    """After warmup(), the table's layers at the small and the medium size
+    (serial and parallel twins, short entries and general paths) compile
+    and load nothing more."""
+    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    prepared, missed = done.stdout.split(" ", 1)
+    assert int(prepared) >= 40 and missed.strip() == "[]", done.stdout
+
+
 def test_set_num_threads_validates_and_applies():
     before = fl.get_num_threads()
     with pytest.raises(ValueError, match="set_num_threads"):

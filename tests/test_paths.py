@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import fastlayers as fl
+from fastlayers import layers
 from fastlayers._kernels._twins import forced_path
+from fastlayers._kernels.batchnorm import BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD
 from fastlayers._table import LAYERS
 
 from conftest import DTYPES, bitwise_equal
@@ -61,4 +63,37 @@ def test_affine_shortcut_equals_general_path(path, rng, shape, dtype):
     gradients = fl.affine_backward(dout, cache)
     general = fl.affine_backward(dout, list(cache))
     for name, shortcut, expected in zip(("dx", "dw", "db"), gradients, general):
+        assert bitwise_equal(shortcut, expected), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 100), (1, 7), (33, 5), (300, 200), (300, 300)])
+def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, monkeypatch):
+    """A small train-mode call with plain arrays and a dict skips batch
+    norm's general checks; the same call with out= (forward) or dx=
+    (backward) goes the general way, through the same kernels, and must
+    give the same bits. The shortcut is taken where the serial twins run."""
+    taken = []
+    for name in ("batchnorm_train_plain", "batchnorm_backward_plain"):
+        kernel = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *args, kernel=kernel, name=name: (taken.append(name), kernel(*args)))
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    params = {"mode": "train", "eps": 1e-3, "momentum": 0.8,
+              "running_mean": rng.standard_normal(shape[1]).astype(dtype),
+              "running_var": rng.random(shape[1]).astype(dtype)}
+    general_params = dict(params)
+    out, cache = fl.batchnorm_forward(x, gamma, beta, params)
+    general_out, general_cache = fl.batchnorm_forward(x, gamma, beta, general_params, out=np.empty_like(x))
+    gradients = fl.batchnorm_backward(dout, cache)
+    general = fl.batchnorm_backward(dout, general_cache, dx=np.empty_like(x))
+    serial = path == "serial"
+    assert taken == ((["batchnorm_train_plain"] if serial and x.size < NORMALIZE_THRESHOLD else [])
+                     + (["batchnorm_backward_plain"] if serial and x.size < BACKWARD_THRESHOLD else []))
+    assert cache.x is x and cache.gamma is gamma and cache.beta is beta
+    assert bitwise_equal(out, general_out)
+    for key in ("running_mean", "running_var"):
+        assert bitwise_equal(params[key], general_params[key]), key
+    for name, shortcut, expected in zip(("dx", "dgamma", "dbeta"), gradients, general):
         assert bitwise_equal(shortcut, expected), name

@@ -73,12 +73,13 @@ def test_affine_batchnorm_relu_equals_composition(path, rng, x_shape, m, dtype, 
     a = _inputs(rng, x_shape, m, dtype, layout)
     params = {"mode": "train", "momentum": 0.8, "running_mean": np.full(m, 0.5, dtype)}
     expected_params = dict(params)
-    out, cache = fl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"], a["gamma"], a["beta"], params)
-    grads = fl.affine_batchnorm_relu_backward(a["dout"], cache)
-    expected_out, expected_grads = _fl_affine_batchnorm_relu(a, expected_params)
-    _assert_bitwise([out, *grads], [expected_out, *expected_grads])
-    _assert_bitwise([params["running_mean"], params["running_var"]],
-                    [expected_params["running_mean"], expected_params["running_var"]])
+    for _ in range(2):  # the second step finds both running statistics (small plain calls: the short entries)
+        out, cache = fl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"], a["gamma"], a["beta"], params)
+        grads = fl.affine_batchnorm_relu_backward(a["dout"], cache)
+        expected_out, expected_grads = _fl_affine_batchnorm_relu(a, expected_params)
+        _assert_bitwise([out, *grads], [expected_out, *expected_grads])
+        _assert_bitwise([params["running_mean"], params["running_var"]],
+                        [expected_params["running_mean"], expected_params["running_var"]])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

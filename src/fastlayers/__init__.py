@@ -71,7 +71,8 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
     Servers call this once at start-up so that no request pays the
     first-call compile. Both the serial and the parallel twin of every
     kernel (the sandwiches' and the synchronised batch norm's included)
-    are prepared, for C-contiguous, writeable inputs.
+    are prepared, for C-contiguous, writeable inputs (2-D ones where a
+    kernel's short entry takes the array's own number of dimensions).
     """
     import numpy as np
 
@@ -91,14 +92,17 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
                 out, cache = relu_forward(x)
                 relu_backward(out, cache)
                 params = {"mode": "train"}
-                out, cache = batchnorm_forward(x, x[0], x[0], params)
+                batchnorm_forward(x, x[0], x[0], params)
+                out, cache = batchnorm_forward(x, x[0], x[0], params)  # with running statistics: the short entry
                 batchnorm_backward(out, cache)
                 in_place = x.copy()
                 out, cache = relu_forward(in_place, out=in_place)  # the mask-recording kernel
                 relu_backward(out, cache)
                 out, cache = affine_relu_forward(x, w, w[0])
                 affine_relu_backward(out, cache)
-                out, cache = affine_batchnorm_relu_forward(x, w, w[0], w[0], w[0], {"mode": "train"})
+                params = {"mode": "train"}
+                affine_batchnorm_relu_forward(x, w, w[0], w[0], w[0], params)
+                out, cache = affine_batchnorm_relu_forward(x, w, w[0], w[0], w[0], params)
                 affine_batchnorm_relu_backward(out, cache)
                 out, cache = batchnorm_forward(x, x[0], x[0], {"mode": "train"}, comm=SingleProcessComm())
                 batchnorm_backward(out, cache)

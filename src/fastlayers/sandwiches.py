@@ -28,10 +28,13 @@ from numpy.typing import ArrayLike
 
 from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import blas_int_zero
-from ._kernels.affine import affine_input_gradients
+from ._kernels.affine import _affine_forward, affine_forward_plain, affine_input_gradients
+from ._kernels.batchnorm import _batchnorm_backward, batchnorm_gradients_plain
 from ._validation import as_float_array, check_overlaps
 from .layers import (
     FloatArray,
+    _is_plain,
+    _plain_matrices,
     affine_gradient_plan,
     affine_gradients,
     affine_product,
@@ -39,6 +42,8 @@ from .layers import (
     batchnorm_apply,
     batchnorm_gradients,
     batchnorm_setup,
+    plain_train_params,
+    train_plain,
 )
 
 __all__ = [
@@ -125,6 +130,16 @@ def affine_batchnorm_relu_forward(
     array([[0., 1.],
            [1., 0.]])
     """
+    dims = _plain_matrices(x, w) if out is None and comm is None else None
+    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
+        # The single layers' small common case (see plain_train_params), fused the same way.
+        n, _, m = dims
+        params = plain_train_params(gamma, beta, bn_param, x.dtype, (n, m))
+        if params is not None:
+            pre = np.empty((n, m), x.dtype)
+            affine_forward_plain(blas_int_zero(), x, w, b, pre)
+            result, bn_cache = train_plain(pre, gamma, beta, bn_param, params, relu=True)
+            return result, ((x, w, b), bn_cache)
     func = "affine_batchnorm_relu_forward"
     fc_args = affine_setup(func, x, w, b)
     # The batch norm's arguments are checked before any work is done.
@@ -149,6 +164,22 @@ def affine_batchnorm_relu_backward(
     func = "affine_batchnorm_relu_backward"
     fc_cache, bn_cache = _unpack(func, cache, BatchNormCache, "affine_batchnorm_relu_forward in train mode")
     bn_cache.check(func)
+    if (dx is None and dw is None and db is None and dgamma is None and dbeta is None and bn_cache.comm is None
+            and type(fc_cache) is tuple and len(fc_cache) == 3):
+        x, w, pre = fc_cache[0], fc_cache[1], bn_cache.x
+        dims = _plain_matrices(x, w)
+        dtype = pre.dtype
+        # The single layers' small common case: plain operands of one dtype.
+        if (dims is not None and x.dtype is dtype and bn_cache.dtype is dtype and pre.shape == (dims[0], dims[2])
+                and _batchnorm_backward.small(pre.size) and _is_plain(dout, dtype, pre.shape)):
+            n, d, m = dims
+            dpre, db, dgamma, dbeta = np.empty((n, m), dtype), np.empty(m, dtype), np.empty(m, dtype), np.empty(m, dtype)
+            c = bn_cache
+            batchnorm_gradients_plain(dout, pre, c.mean, c.var, c.gamma, c.beta, c.eps, c.n_total, np.empty(0, dtype),
+                                      dpre, dgamma, dbeta, db)
+            dx, dw = np.empty((n, d), dtype), np.empty((d, m), dtype)
+            affine_input_gradients(blas_int_zero(), dpre, x, False, w, False, dx, dw)
+            return dx, dw, db, dgamma, dbeta
     douta = as_float_array(dout, func, "dout")
     # The affine part's checks come first, for the batch norm's dx to come.
     plan = affine_gradient_plan(func, douta.shape, np.result_type(douta, bn_cache.dtype), fc_cache, dx, dw, db, {})

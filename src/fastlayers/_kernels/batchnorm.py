@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._twins import column_chunk, n_column_chunks, part_bounds, sum_parts, twin
+from ._twins import column_chunk, n_column_chunks, n_row_parts, part_bounds, sum_parts, twin
 from .relu import passes
 
 # Where each parallel twin starts to win (elements). Measured (float64,
@@ -307,6 +307,31 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
         _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows))
 
 
+_batchnorm_stats_serial = _batchnorm_stats.serial
+_batchnorm_normalize_serial = _batchnorm_normalize.serial
+
+
+@numba.njit(cache=True, error_model="numpy")
+def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var,
+                               new_running_mean, new_running_var, relu_like, out):
+    """A train-mode forward's two serial twins, statistics then normalise
+    (with the ReLU when ``relu_like`` is an array), in one call for a
+    C-contiguous x: numba types 13 arguments once instead of 9 and 8 in two
+    calls (about 60 ns an argument), and the row parts are counted here
+    rather than in Python."""
+    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), mean, var, momentum, running_mean, running_var,
+                            new_running_mean, new_running_var)
+    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, relu_like, out)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def batchnorm_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var, new_running_mean,
+                          new_running_var, out):
+    """``batchnorm_relu_train_plain`` without the ReLU: one argument fewer."""
+    batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var,
+                               new_running_mean, new_running_var, None, out)
+
+
 def relu_coefficients(scale, beta, j, relu_like):
     """Feature j's (scale, shift), float64, for ``gradient_through_relu``:
     (scale[j], beta[j]) when ``relu_like`` is an array, unused zeros when it
@@ -506,3 +531,22 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         for chunk in prange(n_column_chunks(n_features)):
             start, stop = column_chunk(n_features, chunk)
             dx_column_sums[start:stop] = sum_parts(part_sums, start, stop)
+
+
+_batchnorm_backward_serial = _batchnorm_backward.serial
+
+
+@numba.njit(cache=True, error_model="numpy")
+def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, relu_like, dx, dgamma, dbeta,
+                              dx_column_sums):
+    """``_batchnorm_backward``'s serial twin for one process's C-contiguous
+    dout and x: 13 arguments instead of 17 (see ``batchnorm_relu_train_plain``)."""
+    sums = np.empty((2, x.shape[1]))
+    _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, True, True,
+                               n_row_parts(x.shape[0]), dx, dgamma, dbeta, dx_column_sums)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def batchnorm_backward_plain(dout, x, mean, var, gamma, beta, eps, n_total, dx, dgamma, dbeta):
+    """``batchnorm_gradients_plain`` without the ReLU and the column sums: 11 arguments."""
+    batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, None, dx, dgamma, dbeta, np.empty(0))

@@ -12,6 +12,8 @@ be the very array it reads (in-place); the API layer refuses other overlaps.
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
@@ -60,3 +62,14 @@ def _relu_backward(dout, kept, dx):
     zero = dx.dtype.type(0)
     for i in prange(dout.size):
         dx[i] = dout[i] * (one if passes(kept[i]) else zero)
+
+
+_relu_forward_serial = _relu_forward.serial
+
+
+@numba.njit(cache=True, error_model="numpy")
+def relu_forward_plain(x, out):
+    """``_relu_forward``'s serial twin for a C-contiguous x and out of one
+    shape (any number of dimensions), without the mask: two arguments
+    instead of three, and the flat views taken here rather than in Python."""
+    _relu_forward_serial(x.reshape(-1), out.reshape(-1), np.empty(0, dtype=np.bool_))

@@ -11,7 +11,7 @@ from fastlayers._kernels._twins import forced_path
 from fastlayers._kernels.batchnorm import BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD
 from fastlayers._table import LAYERS
 
-from conftest import DTYPES, bitwise_equal
+from conftest import DTYPES, bitwise_equal, with_layout
 
 
 def _arrays(result):
@@ -66,9 +66,10 @@ def test_affine_shortcut_equals_general_path(path, rng, shape, dtype):
         assert bitwise_equal(shortcut, expected), name
 
 
+@pytest.mark.parametrize("vectors", ["C", "strided"])  # gamma, beta and the running statistics
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(64, 100), (1, 7), (33, 5), (300, 200), (300, 300)])
-def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, monkeypatch):
+def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors, monkeypatch):
     """A small train-mode call with plain arrays and a dict skips batch
     norm's general checks; the same call with out= (forward) or dx=
     (backward) goes the general way, through the same kernels, and must
@@ -78,11 +79,10 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, monkeyp
         kernel = getattr(layers, name)
         monkeypatch.setattr(layers, name, lambda *args, kernel=kernel, name=name: (taken.append(name), kernel(*args)))
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    gamma, beta, running_mean = (with_layout(rng.standard_normal(shape[1]).astype(dtype), vectors) for _ in range(3))
+    running_var = with_layout(rng.random(shape[1]).astype(dtype), vectors)
     dout = rng.standard_normal(shape).astype(dtype)
-    params = {"mode": "train", "eps": 1e-3, "momentum": 0.8,
-              "running_mean": rng.standard_normal(shape[1]).astype(dtype),
-              "running_var": rng.random(shape[1]).astype(dtype)}
+    params = {"mode": "train", "eps": 1e-3, "momentum": 0.8, "running_mean": running_mean, "running_var": running_var}
     general_params = dict(params)
     out, cache = fl.batchnorm_forward(x, gamma, beta, params)
     general_out, general_cache = fl.batchnorm_forward(x, gamma, beta, general_params, out=np.empty_like(x))

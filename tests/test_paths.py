@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastlayers as fl
-from fastlayers import layers
+from fastlayers import layers, sandwiches
 from fastlayers._kernels._twins import forced_path
 from fastlayers._kernels.batchnorm import BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD
 from fastlayers._table import LAYERS
@@ -97,3 +97,24 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
         assert bitwise_equal(params[key], general_params[key]), key
     for name, shortcut, expected in zip(("dx", "dgamma", "dbeta"), gradients, general):
         assert bitwise_equal(shortcut, expected), name
+
+
+def test_small_sandwiches_take_the_short_entries(rng, monkeypatch):
+    """Small plain calls of the fused sandwiches reach the kernels' short
+    entries (test_sandwiches compares their results with the composition
+    of the single layers, bit for bit)."""
+    taken = []
+    for name in ("affine_relu_forward_plain", "affine_gradients_plain", "affine_forward_plain",
+                 "batchnorm_gradients_plain", "train_plain"):
+        entry = getattr(sandwiches, name)
+        monkeypatch.setattr(sandwiches, name, lambda *args, entry=entry, name=name, **kwargs: (
+            taken.append(name), entry(*args, **kwargs))[1])
+    x, w, b, gamma, beta = (rng.standard_normal(shape) for shape in ((64, 100), (100, 10), 10, 10, 10))
+    dout = rng.standard_normal((64, 10))
+    out, cache = fl.affine_relu_forward(x, w, b)
+    fl.affine_relu_backward(dout, cache)
+    params = {"mode": "train", "running_mean": np.zeros(10), "running_var": np.ones(10)}
+    out, cache = fl.affine_batchnorm_relu_forward(x, w, b, gamma, beta, params)
+    fl.affine_batchnorm_relu_backward(dout, cache)
+    assert taken == ["affine_relu_forward_plain", "affine_gradients_plain", "affine_forward_plain", "train_plain",
+                     "batchnorm_gradients_plain"]

@@ -28,7 +28,14 @@ from numpy.typing import ArrayLike
 
 from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import blas_int_zero
-from ._kernels.affine import _affine_forward, affine_forward_plain, affine_input_gradients
+from ._kernels.affine import (
+    _affine_backward,
+    _affine_forward,
+    affine_forward_plain,
+    affine_gradients_plain,
+    affine_input_gradients,
+    affine_relu_forward_plain,
+)
 from ._kernels.batchnorm import _batchnorm_backward, batchnorm_gradients_plain
 from ._validation import as_float_array, check_overlaps
 from .layers import (
@@ -52,6 +59,8 @@ __all__ = [
     "affine_batchnorm_relu_forward",
     "affine_batchnorm_relu_backward",
 ]
+
+_BOOL = np.dtype(np.bool_)
 
 
 def _unpack(func: str, cache: Any, second: type, forward: str) -> tuple[Any, Any]:
@@ -78,9 +87,16 @@ def affine_relu_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = 
     >>> out
     array([[2., 0.]])
     """
+    dims = None if out is not None else _plain_matrices(x, w)
+    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
+        # affine_forward's small common case, with the ReLU
+        n, _, m = dims
+        result, mask = np.empty((n, m), x.dtype), np.empty((n, m), np.bool_)
+        affine_relu_forward_plain(blas_int_zero(), x, w, b, mask, result)
+        return result, ((x, w, b), ReluMask(mask))
     func = "affine_relu_forward"
-    result, mask = affine_product(func, affine_setup(func, x, w, b), out, relu=True)
-    return result, ((x, w, b), mask)
+    result, relu_mask = affine_product(func, affine_setup(func, x, w, b), out, relu=True)
+    return result, ((x, w, b), relu_mask)
 
 
 def affine_relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any = None,
@@ -90,8 +106,20 @@ def affine_relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any
     dx, dw and db, if given, follow :func:`fastlayers.affine_backward`'s rules.
     """
     func = "affine_relu_backward"
-    fc_cache, mask = _unpack(func, cache, ReluMask, "affine_relu_forward")
-    return affine_gradients(func, dout, fc_cache, mask, dx, dw, db)
+    fc_cache, relu_mask = _unpack(func, cache, ReluMask, "affine_relu_forward")
+    if dx is None and dw is None and db is None and type(fc_cache) is tuple and len(fc_cache) == 3:
+        x, w = fc_cache[0], fc_cache[1]
+        dims = _plain_matrices(x, w)
+        # affine_backward's small common case, through the ReLU's mask
+        if dims is not None and _affine_backward.small(dims[0] * dims[2]):
+            n, d, m = dims
+            mask = relu_mask.mask
+            if _is_plain(mask, _BOOL, (n, m)) and _is_plain(dout, x.dtype, (n, m)):
+                dtype = x.dtype
+                dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
+                affine_gradients_plain(blas_int_zero(), dout, mask, x, w, dx, dw, db)
+                return dx, dw, db
+    return affine_gradients(func, dout, fc_cache, relu_mask, dx, dw, db)
 
 
 def affine_batchnorm_relu_forward(

@@ -118,3 +118,22 @@ def test_small_sandwiches_take_the_short_entries(rng, monkeypatch):
     fl.affine_batchnorm_relu_backward(dout, cache)
     assert taken == ["affine_relu_forward_plain", "affine_gradients_plain", "affine_forward_plain", "train_plain",
                      "batchnorm_gradients_plain"]
+
+
+@pytest.mark.parametrize("shape", [(64, 100), (3, 4, 5), (7,)])
+def test_small_relu_calls_take_the_short_entries(rng, shape, monkeypatch):
+    """Small C-contiguous ReLU calls reach the short entries, any number of
+    dimensions, and give what the general path (a strided view) gives."""
+    taken = []
+    for name in ("relu_forward_plain", "relu_backward_plain"):
+        entry = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *args, entry=entry, name=name: (taken.append(name), entry(*args))[1])
+    x, dout = rng.standard_normal(shape), rng.standard_normal(shape)
+    x[0] = -0.0
+    out, cache = fl.relu_forward(x)
+    dx = fl.relu_backward(dout, cache)
+    assert taken == ["relu_forward_plain", "relu_backward_plain"]
+    general_out, general_cache = fl.relu_forward(with_layout(x, "strided"))
+    assert bitwise_equal(out, general_out)
+    assert bitwise_equal(dx, fl.relu_backward(with_layout(dout, "strided"), general_cache))
+    assert taken == ["relu_forward_plain", "relu_backward_plain"]  # the general path took neither

@@ -33,7 +33,7 @@ from ._kernels.batchnorm import (
     batchnorm_train_plain,
     update_running,
 )
-from ._kernels.relu import _relu_backward, _relu_forward, relu_forward_plain
+from ._kernels.relu import _relu_backward, _relu_forward, relu_backward_plain, relu_forward_plain
 from ._validation import (
     MAX_BLAS_DIM,
     as_float_array,
@@ -424,6 +424,17 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
     >>> fastlayers.relu_backward(np.array([5.0, 5.0, 5.0]), cache)
     array([0., 5., 5.])
     """
+    if dx is None and type(dout) is np.ndarray and type(cache) is np.ndarray:
+        # The common small case, C-contiguous float arrays of one shape: the
+        # serial twin's short entry, without the general checks (2.6 -> 2.0
+        # us at 64x100 float32, BENCHMARKS.md session 10).
+        dtype, x_dtype = dout.dtype, cache.dtype
+        if ((dtype is _FLOAT32 or dtype is _FLOAT64) and (x_dtype is _FLOAT32 or x_dtype is _FLOAT64)
+                and dout.shape == cache.shape and _relu_backward.small(dout.size)
+                and dout.flags.c_contiguous and cache.flags.c_contiguous):
+            result = np.empty(dout.shape, dtype)
+            relu_backward_plain(dout, cache, result)
+            return result
     func = "relu_backward"
     douta = as_float_array(dout, func, "dout")
     if isinstance(cache, ReluMask):

@@ -73,3 +73,14 @@ def relu_forward_plain(x, out):
     shape (any number of dimensions), without the mask: two arguments
     instead of three, and the flat views taken here rather than in Python."""
     _relu_forward_serial(x.reshape(-1), out.reshape(-1), np.empty(0, dtype=np.bool_))
+
+
+_relu_backward_serial = _relu_backward.serial
+
+
+@numba.njit(cache=True, error_model="numpy")
+def relu_backward_plain(dout, kept, dx):
+    """``_relu_backward``'s serial twin for C-contiguous arrays of one shape
+    (any number of dimensions), the flat views taken here rather than in
+    Python."""
+    _relu_backward_serial(dout.reshape(-1), kept.reshape(-1), dx.reshape(-1))

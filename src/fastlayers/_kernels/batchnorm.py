@@ -327,9 +327,14 @@ def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, runn
 @numba.njit(cache=True, error_model="numpy")
 def batchnorm_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var, new_running_mean,
                           new_running_var, out):
-    """``batchnorm_relu_train_plain`` without the ReLU: one argument fewer."""
-    batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var,
-                               new_running_mean, new_running_var, None, out)
+    """``batchnorm_relu_train_plain`` without the ReLU: one argument fewer.
+    It calls the twins itself: numba links and optimises every callee into
+    its caller again, so an entry that called the other entry would compile
+    both twins' bodies twice (measured 1.42 against 0.7 s, and 4.4 against
+    3.0 s for the backward's entries)."""
+    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), mean, var, momentum, running_mean, running_var,
+                            new_running_mean, new_running_var)
+    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, None, out)
 
 
 def relu_coefficients(scale, beta, j, relu_like):
@@ -548,5 +553,8 @@ def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, rel
 
 @numba.njit(cache=True, error_model="numpy")
 def batchnorm_backward_plain(dout, x, mean, var, gamma, beta, eps, n_total, dx, dgamma, dbeta):
-    """``batchnorm_gradients_plain`` without the ReLU and the column sums: 11 arguments."""
-    batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, None, dx, dgamma, dbeta, np.empty(0))
+    """``batchnorm_gradients_plain`` without the ReLU and the column sums: 11
+    arguments (it calls the twin itself, as ``batchnorm_train_plain`` does)."""
+    sums = np.empty((2, x.shape[1]))
+    _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, None, n_total, sums, True, True,
+                               n_row_parts(x.shape[0]), dx, dgamma, dbeta, np.empty(0))

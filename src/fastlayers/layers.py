@@ -378,7 +378,7 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     if out is None:
         if xa.flags.c_contiguous:  # the common case, without _flat_pair's call (a quarter of a small call)
             result = np.empty(xa.shape, dtype=xa.dtype)  # C order, so ravel() is a view
-            if _relu_forward.small(xa.size):  # the serial twin's short entry: 0.4 us off 2 us at 64x100
+            if _relu_forward.small(xa.size):  # the serial twin's short entry: 0.2 of 2 us at 64x100
                 relu_forward_plain(xa, result)
             else:
                 _relu_forward(xa.size, xa.ravel(), result.ravel(), NO_MASK_1D)

@@ -201,10 +201,10 @@ def affine_batchnorm_relu_backward(
         if (dims is not None and x.dtype is dtype and bn_cache.dtype is dtype and pre.shape == (dims[0], dims[2])
                 and _batchnorm_backward.small(pre.size) and _is_plain(dout, dtype, pre.shape)):
             n, d, m = dims
-            dpre, db, dgamma, dbeta = np.empty((n, m), dtype), np.empty(m, dtype), np.empty(m, dtype), np.empty(m, dtype)
-            c = bn_cache
-            batchnorm_gradients_plain(dout, pre, c.mean, c.var, c.gamma, c.beta, c.eps, c.n_total, np.empty(0, dtype),
-                                      dpre, dgamma, dbeta, db)
+            dpre, db = np.empty((n, m), dtype), np.empty(m, dtype)
+            dgamma, dbeta = np.empty(m, dtype), np.empty(m, dtype)
+            batchnorm_gradients_plain(dout, pre, bn_cache.mean, bn_cache.var, bn_cache.gamma, bn_cache.beta,
+                                      bn_cache.eps, bn_cache.n_total, np.empty(0, dtype), dpre, dgamma, dbeta, db)
             dx, dw = np.empty((n, d), dtype), np.empty((d, m), dtype)
             affine_input_gradients(blas_int_zero(), dpre, x, False, w, False, dx, dw)
             return dx, dw, db, dgamma, dbeta

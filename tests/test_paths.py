@@ -104,10 +104,11 @@ def test_small_sandwiches_take_the_short_entries(rng, monkeypatch):
     entries (test_sandwiches compares their results with the composition
     of the single layers, bit for bit)."""
     taken = []
-    for name in ("affine_relu_forward_plain", "affine_gradients_plain", "affine_forward_plain",
-                 "batchnorm_gradients_plain", "train_plain"):
-        entry = getattr(sandwiches, name)
-        monkeypatch.setattr(sandwiches, name, lambda *args, entry=entry, name=name, **kwargs: (
+    for module, name in ((sandwiches, "affine_relu_forward_plain"), (layers, "affine_gradients_plain"),
+                         (sandwiches, "affine_forward_plain"), (sandwiches, "batchnorm_gradients_plain"),
+                         (sandwiches, "train_plain")):
+        entry = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, entry=entry, name=name, **kwargs: (
             taken.append(name), entry(*args, **kwargs))[1])
     x, w, b, gamma, beta = (rng.standard_normal(shape) for shape in ((64, 100), (100, 10), 10, 10, 10))
     dout = rng.standard_normal((64, 10))

@@ -65,6 +65,7 @@ NO_MASK_2D = np.empty((0, 0), dtype=np.bool_)
 NO_ARRAY_1D = np.empty(0)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+_BOOL = np.dtype(np.bool_)
 
 
 def _blas_operand(matrix: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, bool]:
@@ -141,6 +142,41 @@ def _is_plain(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
     return type(value) is np.ndarray and value.dtype is dtype and value.shape == shape and value.flags.c_contiguous
 
 
+def small_plain_affine(x: Any, w: Any, b: Any) -> tuple[int, int, int] | None:
+    """(N, D, M) if x and w are ``_plain_matrices``, b a plain (M,) array of
+    their dtype, and the product small enough for the serial twin: the case
+    the forward short entries take. Else None."""
+    dims = _plain_matrices(x, w)
+    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
+        return dims
+    return None
+
+
+def small_plain_gradients(dout: Any, cache: Any, relu_kept: np.ndarray | None = None
+                          ) -> tuple[FloatArray, FloatArray, FloatArray] | None:
+    """(dx, dw, db) through the backward short entries if ``cache`` is the
+    (x, w, b) of ``_plain_matrices``, dout a plain (N, M) array of their
+    dtype and the call small enough for the serial twin (through the ReLU
+    when ``relu_kept``, a plain boolean (N, M) mask, is given); else None,
+    and nothing is computed."""
+    if type(cache) is not tuple or len(cache) != 3:
+        return None
+    x, w = cache[0], cache[1]
+    dims = _plain_matrices(x, w)
+    if dims is None or not _affine_backward.small(dims[0] * dims[2]):
+        return None
+    n, d, m = dims
+    dtype = x.dtype
+    if not _is_plain(dout, dtype, (n, m)) or (relu_kept is not None and not _is_plain(relu_kept, _BOOL, (n, m))):
+        return None
+    dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
+    if relu_kept is None:
+        affine_backward_plain(blas_int_zero(), dout, x, w, dx, dw, db)
+    else:
+        affine_gradients_plain(blas_int_zero(), dout, relu_kept, x, w, dx, dw, db)
+    return dx, dw, db
+
+
 def affine_setup(func: str, x: ArrayLike, w: ArrayLike, b: ArrayLike) -> dict[str, Any]:
     """Checked affine operands, in the form the forward kernel takes."""
     dims = _plain_matrices(x, w)
@@ -206,10 +242,10 @@ def affine_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = None)
     >>> out[0]
     array([ 6.,  7.,  8.,  9., 10.])
     """
-    dims = None if out is not None else _plain_matrices(x, w)
+    dims = None if out is not None else small_plain_affine(x, w, b)
     # The common case of a small call: no general checks. A larger one, where
     # they cost nothing to speak of, takes the general path to the same kernel.
-    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
+    if dims is not None:
         n, _, m = dims
         result = np.empty((n, m), x.dtype)
         affine_forward_plain(blas_int_zero(), x, w, b, result)
@@ -311,17 +347,10 @@ def affine_backward(dout: ArrayLike, cache: AffineCache, *, dx: Any = None, dw: 
     >>> dx.shape, dw.shape, db
     ((2, 3), (3, 4), array([2., 2., 2., 2.]))
     """
-    if dx is None and dw is None and db is None and type(cache) is tuple and len(cache) == 3:
-        x, w = cache[0], cache[1]
-        dims = _plain_matrices(x, w)
-        # As in affine_forward: a small call of the common case skips the general checks.
-        if (dims is not None and _affine_backward.small(dims[0] * dims[2])
-                and _is_plain(dout, x.dtype, (dims[0], dims[2]))):
-            n, d, m = dims
-            dtype = x.dtype
-            dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
-            affine_backward_plain(blas_int_zero(), dout, x, w, dx, dw, db)
-            return dx, dw, db
+    if dx is None and dw is None and db is None:  # as in affine_forward: small common calls skip the checks
+        gradients = small_plain_gradients(dout, cache)
+        if gradients is not None:
+            return gradients
     return affine_gradients("affine_backward", dout, cache, None, dx, dw, db)
 
 

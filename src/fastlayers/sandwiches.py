@@ -28,14 +28,7 @@ from numpy.typing import ArrayLike
 
 from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import blas_int_zero
-from ._kernels.affine import (
-    _affine_backward,
-    _affine_forward,
-    affine_forward_plain,
-    affine_gradients_plain,
-    affine_input_gradients,
-    affine_relu_forward_plain,
-)
+from ._kernels.affine import affine_forward_plain, affine_input_gradients, affine_relu_forward_plain
 from ._kernels.batchnorm import _batchnorm_backward, batchnorm_gradients_plain
 from ._validation import as_float_array, check_overlaps
 from .layers import (
@@ -50,6 +43,8 @@ from .layers import (
     batchnorm_gradients,
     batchnorm_setup,
     plain_train_params,
+    small_plain_affine,
+    small_plain_gradients,
     train_plain,
 )
 
@@ -59,8 +54,6 @@ __all__ = [
     "affine_batchnorm_relu_forward",
     "affine_batchnorm_relu_backward",
 ]
-
-_BOOL = np.dtype(np.bool_)
 
 
 def _unpack(func: str, cache: Any, second: type, forward: str) -> tuple[Any, Any]:
@@ -87,9 +80,8 @@ def affine_relu_forward(x: ArrayLike, w: ArrayLike, b: ArrayLike, *, out: Any = 
     >>> out
     array([[2., 0.]])
     """
-    dims = None if out is not None else _plain_matrices(x, w)
-    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
-        # affine_forward's small common case, with the ReLU
+    dims = None if out is not None else small_plain_affine(x, w, b)
+    if dims is not None:  # affine_forward's small common case, with the ReLU
         n, _, m = dims
         result, mask = np.empty((n, m), x.dtype), np.empty((n, m), np.bool_)
         affine_relu_forward_plain(blas_int_zero(), x, w, b, mask, result)
@@ -107,18 +99,10 @@ def affine_relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None, dw: Any
     """
     func = "affine_relu_backward"
     fc_cache, relu_mask = _unpack(func, cache, ReluMask, "affine_relu_forward")
-    if dx is None and dw is None and db is None and type(fc_cache) is tuple and len(fc_cache) == 3:
-        x, w = fc_cache[0], fc_cache[1]
-        dims = _plain_matrices(x, w)
-        # affine_backward's small common case, through the ReLU's mask
-        if dims is not None and _affine_backward.small(dims[0] * dims[2]):
-            n, d, m = dims
-            mask = relu_mask.mask
-            if _is_plain(mask, _BOOL, (n, m)) and _is_plain(dout, x.dtype, (n, m)):
-                dtype = x.dtype
-                dx, dw, db = np.empty((n, d), dtype), np.empty((d, m), dtype), np.empty(m, dtype)
-                affine_gradients_plain(blas_int_zero(), dout, mask, x, w, dx, dw, db)
-                return dx, dw, db
+    if dx is None and dw is None and db is None:  # affine_backward's small common case, through the mask
+        gradients = small_plain_gradients(dout, fc_cache, relu_mask.mask)
+        if gradients is not None:
+            return gradients
     return affine_gradients(func, dout, fc_cache, relu_mask, dx, dw, db)
 
 
@@ -158,9 +142,8 @@ def affine_batchnorm_relu_forward(
     array([[0., 1.],
            [1., 0.]])
     """
-    dims = _plain_matrices(x, w) if out is None and comm is None else None
-    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
-        # The single layers' small common case (see plain_train_params), fused the same way.
+    dims = small_plain_affine(x, w, b) if out is None and comm is None else None
+    if dims is not None:  # the single layers' small common case (see plain_train_params), fused the same way
         n, _, m = dims
         params = plain_train_params(gamma, beta, bn_param, x.dtype, (n, m))
         if params is not None:

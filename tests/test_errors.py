@@ -111,3 +111,19 @@ def test_failed_forward_leaves_bn_param_alone():
     with pytest.raises(ValueError):
         fl.batchnorm_forward(X, GAMMA, GAMMA, params)
     assert params == before
+
+
+@pytest.mark.parametrize("attribute", ["x", "mean", "var", "gamma", "beta"])
+@pytest.mark.parametrize("backward", ["batchnorm_backward", "affine_batchnorm_relu_backward"])
+def test_bn_cache_array_in_the_other_byte_order_is_refused(backward, attribute):
+    """numba types only the machine's byte order (the other one is a typing
+    error inside numba): a cache array replaced by its byteswapped copy,
+    same values and shape, is refused like any other altered cache."""
+    forward = getattr(fl, backward.replace("backward", "forward"))
+    args = (X, GAMMA, GAMMA) if backward == "batchnorm_backward" else (X, W, B, B, B)
+    out, cache = forward(*args, {"mode": "train"})
+    bn_cache = cache if backward == "batchnorm_backward" else cache[1]
+    array = getattr(bn_cache, attribute)
+    setattr(bn_cache, attribute, array.astype(array.dtype.newbyteorder("S")))
+    with pytest.raises(ValueError, match=f"^{backward}: cache is a BatchNormCache whose contents were altered"):
+        getattr(fl, backward)(np.ones_like(out), cache)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,28 @@ def test_small_relu_calls_take_the_short_entries(rng, shape, monkeypatch):
     assert bitwise_equal(out, general_out)
     assert bitwise_equal(dx, fl.relu_backward(with_layout(dout, "strided"), general_cache))
     assert taken == ["relu_forward_plain", "relu_backward_plain"]  # the general path took neither
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 100), (300, 600)])
+@pytest.mark.parametrize("sandwich", [False, True], ids=["batchnorm", "affine_batchnorm_relu"])
+def test_unpickled_cache_gives_the_same_gradients(path, rng, shape, dtype, sandwich):
+    """An unpickled cache's arrays carry dtypes equal to, but not the very
+    objects of, NumPy's own: the short entries' identity tests send it down
+    the general path, whose checks must accept it and give the same bits."""
+    n, d = shape
+    x = rng.standard_normal((n, d)).astype(dtype)
+    gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    dout = rng.standard_normal((n, d)).astype(dtype)
+    if sandwich:
+        w = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(dtype)
+        _, cache = fl.affine_batchnorm_relu_forward(x, w, beta, gamma, beta, {"mode": "train"})
+        backward = fl.affine_batchnorm_relu_backward
+    else:
+        _, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        backward = fl.batchnorm_backward
+    unpickled = pickle.loads(pickle.dumps(cache))
+    bn_cache = unpickled[1] if sandwich else unpickled
+    assert bn_cache.x.dtype == dtype and bn_cache.x.dtype is not np.dtype(dtype)
+    for got, want in zip(backward(dout, unpickled), backward(dout, cache), strict=True):
+        assert bitwise_equal(got, want)

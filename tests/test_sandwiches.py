@@ -182,6 +182,31 @@ def test_affine_batchnorm_relu_gradients(path, rng, n):
     assert np.max(np.abs(db)) < 1e-12
 
 
+@pytest.mark.parametrize("replacement", ["float64", "int64", "list"])
+@pytest.mark.parametrize("operand", [0, 1], ids=["x", "w"])
+@pytest.mark.parametrize("x_shape,m", [((7, 13), 5), ((300, 64), 300)])
+def test_affine_cache_replaced_by_another_dtype_matches_composition(path, rng, x_shape, m, operand, replacement):
+    """A float32 sandwich whose affine cache had x or w replaced by a wider
+    operand: the affine part is computed in the wider dtype, as
+    affine_backward computes it from the same cache (gemm reads one dtype)."""
+    a = _inputs(rng, x_shape, m, np.float32, "C")
+    params = {"mode": "train"}
+    _, cache = fl.affine_batchnorm_relu_forward(a["x"], a["w"], a["b"], a["gamma"], a["beta"], dict(params))
+    fc_cache = list(cache[0])
+    original = fc_cache[operand]
+    fc_cache[operand] = (original.astype(np.float64) if replacement == "float64"
+                         else np.round(original * 4).astype(np.int64) if replacement == "int64" else original.tolist())
+    grads = fl.affine_batchnorm_relu_backward(a["dout"], (tuple(fc_cache), cache[1]))
+    # The single layers, with the same replacement in the affine layer's cache.
+    pre, _ = fl.affine_forward(a["x"], a["w"], a["b"])
+    normalized, bn_cache = fl.batchnorm_forward(pre, a["gamma"], a["beta"], dict(params))
+    _, relu_cache = fl.relu_forward(normalized)
+    dpre, dgamma, dbeta = fl.batchnorm_backward(fl.relu_backward(a["dout"], relu_cache), bn_cache)
+    dx, dw, db = fl.affine_backward(dpre, tuple(fc_cache))
+    assert dx.dtype == dw.dtype == np.float64 and db.dtype == np.float32
+    _assert_bitwise(grads, [dx, dw, db, dgamma, dbeta])
+
+
 def test_errors_name_the_argument(rng):
     a = _inputs(rng, (5, 4), 3, np.float64, "C")
     with pytest.raises(ValueError, match="gamma has shape \\(4,\\) but the affine output of shape \\(5, 3\\)"):

@@ -8,6 +8,13 @@ import numpy as np
 
 SEED_KEYS = ("x_minus_mean", "normalized_data", "gamma", "ivar", "sqrtvar")
 
+# The dtypes the kernels read, in the machine's byte order. A tuple test
+# (``dtype in _KERNEL_FLOATS``) is an identity test first, and an equality
+# test (which refuses the other byte order) for an equal dtype that is
+# another object, as an unpickled cache's arrays carry.
+_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT64 = (np.dtype(np.float64),)
+
 
 class BatchNormCache(Mapping):
     """What :func:`fastlayers.batchnorm_backward` needs from the forward pass.
@@ -43,17 +50,18 @@ class BatchNormCache(Mapping):
         """Raise ValueError if the cache's parts no longer fit together.
 
         The kernels trust these shapes and dtypes (numba does not check
-        bounds), so a cache whose attributes were replaced is refused here.
+        bounds, and refuses the other byte order with a typing error), so a
+        cache whose attributes were replaced is refused here.
         """
         x, mean, var, gamma, beta = self.x, self.mean, self.var, self.gamma, self.beta
         array = np.ndarray
         try:
             features = (x.shape[1],)
             if (type(x) is array and type(mean) is array and type(var) is array and type(gamma) is array
-                    and type(beta) is array and x.ndim == 2 and x.flags.c_contiguous and x.dtype.char in "fd"
+                    and type(beta) is array and x.ndim == 2 and x.flags.c_contiguous and x.dtype in _KERNEL_FLOATS
                     and mean.shape == var.shape == gamma.shape == beta.shape == features
-                    and mean.dtype.char == var.dtype.char == "d" and gamma.dtype.char in "fd"
-                    and beta.dtype.char in "fd" and type(self.n_total) is int
+                    and mean.dtype in _FLOAT64 and var.dtype in _FLOAT64 and gamma.dtype in _KERNEL_FLOATS
+                    and beta.dtype in _KERNEL_FLOATS and type(self.n_total) is int
                     and self.n_total >= max(1, x.shape[0])):
                 return
         except (AttributeError, IndexError, TypeError):

@@ -202,6 +202,10 @@ def affine_batchnorm_relu_backward(
                                         "cache w": np.asarray(fc_cache[1]), "cache gamma": bn_cache.gamma,
                                         "cache beta": bn_cache.beta})
     dpre, dgamma, dbeta = batchnorm_gradients(func, douta, bn_cache, None, dgamma, dbeta, relu_column_sums=plan["db"])
+    # An affine cache whose x or w has a wider dtype than the batch norm's
+    # (replaced after the forward) takes the affine part in that dtype, as
+    # affine_backward would; gemm reads operands of one dtype.
+    dpre = dpre.astype(plan["dtype"], copy=False)
     n, d = plan["n"], plan["d"]
     affine_input_gradients(blas_int_zero(), dpre, *plan["x"], *plan["w"], plan["dx"].reshape(n, d), plan["dw"])
     return plan["dx"], plan["dw"], plan["db"], dgamma, dbeta

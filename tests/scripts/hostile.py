@@ -116,16 +116,48 @@ def bn_args(draw):
     return x, draw(arrays()), draw(arrays()), draw(st.one_of(bn_params(d), st.sampled_from([None, "train", []])))
 
 
+def _replacement(draw, array):
+    """Another array for a cache part: often of the same shape (so that only
+    its dtype, byte order or layout is wrong), else of any shape."""
+    return draw(st.one_of(arrays(shape=np.shape(array)), arrays()))
+
+
 def foreign_caches(draw, kind):
+    """(cache, its forward output's shape) for a cache that is not the one
+    the backward's forward returned: another layer's, a foreign object, or
+    (every kind but "affine") a real cache with one part replaced."""
     choices = [None, (), {"x": 1}, "cache", np.ones(3), (np.ones(3), np.ones(3)),
                ref.batchnorm_forward(np.ones((4, 3)), np.ones(3), np.zeros(3), {"mode": "train"})[1],
                (np.ones((4, 3)), np.ones((3, 2)), np.ones(2))]
+    tampered = None
+    dtype = draw(float_arrays)  # a float32 cache's part replaced by a float64 one widens the computation
+    x, w = np.arange(12, dtype=dtype).reshape(4, 3), np.linspace(-1, 1, 6, dtype=dtype).reshape(3, 2)
+    b = np.zeros(2, dtype)
     if kind == "bn":
-        cache = fl.batchnorm_forward(np.arange(12.0).reshape(4, 3), np.ones(3), np.zeros(3), {"mode": "train"})[1]
-        attribute = draw(st.sampled_from(["mean", "var", "gamma", "x"]))
-        setattr(cache, attribute, draw(arrays()))  # tampered
-        choices.append(cache)
-    return draw(st.sampled_from(choices))
+        cache = fl.batchnorm_forward(x, np.ones(3, dtype), np.zeros(3, dtype), {"mode": "train"})[1]
+        attribute = draw(st.sampled_from(["mean", "var", "gamma", "beta", "x"]))
+        setattr(cache, attribute, _replacement(draw, getattr(cache, attribute)))
+        tampered = cache
+    if kind == "relu":  # an in-place forward's mask
+        in_place = x.copy()
+        mask = fl.relu_forward(in_place, out=in_place)[1]
+        mask.mask = _replacement(draw, mask.mask)
+        tampered = mask
+    if kind in ("affine_relu", "affine_batchnorm_relu"):
+        extra = (np.ones(2, dtype), np.zeros(2, dtype), {"mode": "train"}) if kind == "affine_batchnorm_relu" else ()
+        fc_cache, second = getattr(fl, f"{kind}_forward")(x, w, b, *extra)[1]
+        part = draw(st.integers(0, 3))
+        if part < 3:  # x, w or b of the affine part
+            fc_cache = tuple(_replacement(draw, a) if i == part else a for i, a in enumerate(fc_cache))
+        elif kind == "affine_relu":
+            second.mask = _replacement(draw, second.mask)
+        else:
+            attribute = draw(st.sampled_from(["mean", "var", "gamma", "beta", "x"]))
+            setattr(second, attribute, _replacement(draw, getattr(second, attribute)))
+        tampered = (fc_cache, second)
+    if tampered is not None and draw(st.booleans()):
+        return tampered, (4, 2 if kind.startswith("affine") else 3)
+    return draw(st.sampled_from(choices)), (4, 3)
 
 
 def fingerprint(value) -> bytes:
@@ -241,28 +273,31 @@ def layer_call(draw, name):
         return x, w, b, gamma, beta, draw(st.one_of(bn_params(m), st.sampled_from([None, "train"])))
     if name == "relu_backward":
         x = draw(arrays())
-        dout = draw(st.one_of(arrays(shape=np.shape(x)), arrays()))
-        return dout, draw(st.one_of(st.just(x), st.builds(lambda: foreign_caches(draw, "relu"))))
-    if name in ("affine_backward", "affine_relu_backward", "affine_batchnorm_relu_backward"):
+        cache, shape = (x, np.shape(x)) if draw(st.booleans()) else foreign_caches(draw, "relu")
+    elif name in ("affine_backward", "affine_relu_backward", "affine_batchnorm_relu_backward"):
         forward = name.replace("backward", "forward")
         x, w, b = draw(affine_args())
         width = np.shape(w)[-1] if np.ndim(w) else 1
         extra = (np.ones(width), np.zeros(width), {"mode": "train"}) if "batchnorm" in name else ()
         try:
             cache = getattr(fl, forward)(x, w, b, *extra)[1]
-            n, m = np.shape(x)[0], np.shape(w)[1]
+            shape = (np.shape(x)[0], np.shape(w)[1])
         except DOCUMENTED:
-            cache, n, m = (x, w, b), 2, 2
-        dout = draw(st.one_of(arrays(shape=(n, m)), arrays()))
-        return dout, cache if draw(st.booleans()) else foreign_caches(draw, "affine")
-    x, gamma, beta, _ = draw(bn_args())
-    try:
-        cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})[1]
-        shape = cache.x.shape
-    except DOCUMENTED:
-        cache, shape = None, (2, 2)
-    dout = draw(st.one_of(arrays(shape=shape), arrays()))
-    return dout, cache if draw(st.booleans()) else foreign_caches(draw, "bn")
+            cache, shape = (x, w, b), (2, 2)
+        if draw(st.booleans()):
+            cache, shape = foreign_caches(draw, forward[:-len("_forward")])
+    else:
+        x, gamma, beta, _ = draw(bn_args())
+        try:
+            cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})[1]
+            shape = cache.x.shape
+        except DOCUMENTED:
+            cache, shape = None, (2, 2)
+        if draw(st.booleans()):
+            cache, shape = foreign_caches(draw, "bn")
+    # dout: often of the shape the cache's forward output had, and a float
+    dout = draw(st.one_of(arrays(shape=shape, dtypes=[np.float32, np.float64]), arrays(shape=shape), arrays()))
+    return dout, cache
 
 
 @st.composite

@@ -8,9 +8,12 @@ import importlib.metadata
 import importlib.resources
 import subprocess
 import sys
+import threading
 
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 import fastlayers as fl
 import fastlayers.layers
@@ -105,9 +108,19 @@ def test_set_num_threads_validates_and_applies():
         fl.set_num_threads(1.5)
     try:
         fl.set_num_threads(1)
+        # As documented: the limit holds for every BLAS loaded by then (NumPy's,
+        # which the affine kernels call, among them) in the whole process, and
+        # numba's count for the calling thread only (numba keeps one per thread).
+        blas_pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas_pools and all(pool["num_threads"] == 1 for pool in blas_pools), blas_pools
         assert fl.get_num_threads() == 1
         out, _ = fl.relu_forward(-np.ones(200_000))  # parallel size, one thread: still right
         assert not out.any()
+        seen_by_another_thread = []
+        worker = threading.Thread(target=lambda: seen_by_another_thread.append(fl.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert seen_by_another_thread == [numba.config.NUMBA_NUM_THREADS]
     finally:
         fl.set_num_threads(before)
 

@@ -77,8 +77,12 @@ def set_num_threads(n: int) -> None:
     """Use ``n`` threads for fastlayers' kernels: numba's and the BLAS's together.
 
     ``n`` may not exceed ``NUMBA_NUM_THREADS`` (by default the core count).
-    The BLAS libraries (NumPy's and SciPy's OpenBLAS) are limited with
-    threadpoolctl, so the two pools never add up to more than ``n``.
+    numba keeps its count per calling thread: another Python thread keeps
+    its own (the default, unless it calls this too). The BLAS libraries
+    loaded by then (NumPy's OpenBLAS, which the affine kernels call, among
+    them) are limited for the whole process, with threadpoolctl, so the two
+    pools never add up to more than ``n``. A BLAS loaded later (SciPy's,
+    when ``scipy.linalg`` is first imported) starts with its own default.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")

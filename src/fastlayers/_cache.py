@@ -13,7 +13,7 @@ SEED_KEYS = ("x_minus_mean", "normalized_data", "gamma", "ivar", "sqrtvar")
 # test (which refuses the other byte order) for an equal dtype that is
 # another object, as an unpickled cache's arrays carry.
 _KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_FLOAT64 = (np.dtype(np.float64),)
+_KERNEL_FLOAT64 = (np.dtype(np.float64),)
 
 
 class BatchNormCache(Mapping):
@@ -60,7 +60,7 @@ class BatchNormCache(Mapping):
             if (type(x) is array and type(mean) is array and type(var) is array and type(gamma) is array
                     and type(beta) is array and x.ndim == 2 and x.flags.c_contiguous and x.dtype in _KERNEL_FLOATS
                     and mean.shape == var.shape == gamma.shape == beta.shape == features
-                    and mean.dtype in _FLOAT64 and var.dtype in _FLOAT64 and gamma.dtype in _KERNEL_FLOATS
+                    and mean.dtype in _KERNEL_FLOAT64 and var.dtype in _KERNEL_FLOAT64 and gamma.dtype in _KERNEL_FLOATS
                     and beta.dtype in _KERNEL_FLOATS and type(self.n_total) is int
                     and self.n_total >= max(1, x.shape[0])):
                 return

@@ -156,8 +156,8 @@ def foreign_caches(draw, kind):
             setattr(second, attribute, _replacement(draw, getattr(second, attribute)))
         tampered = (fc_cache, second)
     if tampered is not None and draw(st.booleans()):
-        return tampered, (4, 2 if kind.startswith("affine") else 3)
-    return draw(st.sampled_from(choices)), (4, 3)
+        return tampered, (x.shape[0], w.shape[1]) if kind.startswith("affine") else x.shape
+    return draw(st.sampled_from(choices)), x.shape
 
 
 def fingerprint(value) -> bytes:

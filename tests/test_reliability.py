@@ -109,6 +109,44 @@ def test_same_bits_after_set_num_threads(rng):
         assert bitwise_equal(a, b)
 
 
+def _twin_kernels() -> list:
+    from fastlayers._kernels import affine, batchnorm, relu
+    from fastlayers._kernels._twins import TwinKernel
+
+    return [k for m in (affine, batchnorm, relu) for k in vars(m).values() if isinstance(k, TwinKernel)]
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
+def test_kernels_ignore_and_keep_the_callers_chunk_size(layer, monkeypatch):
+    """numba.set_parallel_chunksize in the calling thread: the parallel kernels
+    run at numba's default of 0 all the same (a chunk size of 1 made ReLU's
+    loop over elements 80x slower) and the caller's setting is back after."""
+    import numba
+
+    inputs = layer.inputs(np.random.default_rng(5), (300, 90, 40) if layer.family == "affine" else (300, 90),
+                          "float64")
+    with forced_path("parallel"):
+        expected = _outputs(layer.function("fastlayers")(*layer.call_args("fastlayers", inputs)))
+    seen: list[int] = []
+    for kernel in _twin_kernels():
+        def recording(*args, _run=kernel.parallel):
+            seen.append(numba.get_parallel_chunksize())
+            return _run(*args)
+
+        monkeypatch.setattr(kernel, "parallel", recording)
+    before = numba.set_parallel_chunksize(3)
+    try:
+        with forced_path("parallel"):
+            got = _outputs(layer.function("fastlayers")(*layer.call_args("fastlayers", inputs)))
+        assert numba.get_parallel_chunksize() == 3
+    finally:
+        numba.set_parallel_chunksize(before)
+    assert seen and set(seen) == {0}
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected):
+        assert bitwise_equal(a, b)
+
+
 def test_float32_batchnorm_large_mean_matches_float64():
     """x = 1e4 + noise(std 1): float64 accumulation keeps float32 within 1e-5."""
     rng = np.random.default_rng(5)

@@ -157,6 +157,12 @@ def n_row_parts(n_rows: int) -> int:
     return max(1, min(16, n_rows // 32))
 
 
+# Per-part buffers: a kernel's per-part partials are allocated with
+# np.empty, and each part zeroes its own row inside the part loop. In a
+# parallel=True kernel np.zeros is a parallel loop of its own, one more
+# thread launch per call: 2-4 us on 2 cores, 35-50 us at 16 threads under
+# tbb (an empty prange of 16 iterations, BENCHMARKS.md session 12).
+#
 # Per-part partials are merged column chunk by column chunk: each chunk walks
 # the parts in order over contiguous columns (a per-column walk down the parts
 # strides a whole row per step, and measured 2-3x slower at 32 parts).

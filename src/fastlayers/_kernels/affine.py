@@ -128,10 +128,11 @@ def _affine_backward(blas_int, dout, relu_kept, x, x_is_t, w, w_is_t, n_parts, d
     gated = relu_kept.size > 0
     one = dpre.dtype.type(1)
     zero = dpre.dtype.type(0)
-    part_db = np.zeros((n_parts, m))
+    part_db = np.empty((n_parts, m))  # each part zeroes its row: "Per-part buffers", _twins.py
     for part in prange(n_parts):
         start, stop = part_bounds(n, n_parts, part)
         p_db = part_db[part]
+        p_db[:] = 0.0
         for i in range(start, stop):
             if gated:
                 for j in range(m):

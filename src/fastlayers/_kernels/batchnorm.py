@@ -500,11 +500,14 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
+    # Each part zeroes its own partials (see "Per-part buffers" in _twins.py).
     if reduce:
-        part_dout = np.zeros((n_parts, n_features))
-        part_dout_xmu = np.zeros((n_parts, n_features))
+        part_dout = np.empty((n_parts, n_features))
+        part_dout_xmu = np.empty((n_parts, n_features))
         for part in prange(n_parts):
             start, stop = part_bounds(n_rows, n_parts, part)
+            part_dout[part] = 0.0
+            part_dout_xmu[part] = 0.0
             _add_gradient_sums(part_dout[part], part_dout_xmu[part], dout, x, mean, scale, beta, relu_like,
                                start, stop)
         for chunk in prange(n_column_chunks(n_features)):
@@ -529,10 +532,11 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
             offset[j] = np.nan
     summing = dx_column_sums.size > 0
-    part_sums = np.zeros((n_parts if summing else 0, n_features))
+    part_sums = np.empty((n_parts if summing else 0, n_features))
     for part in prange(n_parts):
         start, stop = part_bounds(n_rows, n_parts, part)
         if summing:
+            part_sums[part] = 0.0
             _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums[part], start,
                            stop)
         else:

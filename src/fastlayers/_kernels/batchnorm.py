@@ -129,7 +129,12 @@ def _add_squared_deviations(acc, x, center, start, stop):
 # 1993 in that run), float64 4319 (4000). The 1-7 rows left over in a part
 # are one more block, two-pass row-wise: column by column, they made
 # 1000x1024 float32 (parts of 62 rows) 28% slower (198 against 155 us).
-@numba.njit(error_model="numpy")
+# fastmath "contract" lets LLVM fuse each multiply and add into one FMA
+# (one rounding instead of two; nothing about NaN or Inf changes): the
+# statistics are arithmetic-bound in cache. Measured (_part_moments alone,
+# serial, median of 31, us, separate / fused): 256x4096 float32 181/145,
+# float64 149/133; 4096x4096 float32 3747/3395, float64 5790/6019.
+@numba.njit(error_model="numpy", fastmath={"contract"})
 def _part_moments(mean, m2, x, start, stop):
     """Per-column mean and M2 (sum of squared deviations) of rows [start, stop)
     of x into mean and m2 (float64, overwritten): blocks of eight rows, each

@@ -140,3 +140,24 @@ def test_scaling_measure_restores_the_thread_count():
         assert {r["threads"] for r in records} == {most}
     finally:
         fl.set_num_threads(original)
+
+
+def test_scaling_passes_script_checks_its_variants_and_times_every_case(tmp_path):
+    """scripts/scaling_passes.py (the per-pass diagnostic of BENCHMARKS.md,
+    session 12) on a tiny shape: it checks its column-split variants
+    against the package's kernels bit for bit, then times every case."""
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "scaling_passes.py"
+    target = tmp_path / "passes.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--shape", "64", "48", "--threads", "1", "--dtype", "float32", "--repeat", "3",
+         "--budget", "0.5", "--json", str(target)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(target.read_text())
+    cases = {r["case"] for r in document["records"]}
+    assert {"copy", "stats", "stats_split4", "reduce_split8", "dx_chunk1", "api_bn_backward_out"} <= cases
+    assert all(r["median_s"] > 0 and r["threads"] == 1 for r in document["records"])
+    assert "float32: median ms at [1] threads" in done.stdout

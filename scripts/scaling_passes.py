@@ -1,0 +1,317 @@
+"""Each pass of the batch-norm and ReLU kernels, alone, over thread counts.
+
+A diagnostic for a machine with many cores (BENCHMARKS.md, session 12):
+where do the large kernels lose against the copy when their data sits in a
+large L3? It times, at each thread count and into preallocated outputs:
+
+- the copy (``bench._parallel_copy`` into a reused array) and a parallel
+  loop that does nothing but launch (16 iterations);
+- the ReLU forward and backward kernels (parallel twins, flat views);
+- the batch-norm statistics, normalise, backward reductions and dx pass
+  (parallel twins, the reductions over the shape's row parts, 16 from
+  512 rows on, and over 64 parts for comparison);
+- the same statistics and reductions with each row part split further by
+  columns into tasks (``SPLITS`` per part). Each column is still summed
+  over the same rows in the same order, so the bits are the package's
+  (checked here before timing); only the number of tasks that the threads
+  share changes;
+- some of these with numba's parallel chunk size set (``_chunk<size>``):
+  the kernels are called directly, not through the twins' dispatch, which
+  runs them at numba's default chunk size whatever the caller set;
+- the public functions over the same arrays (``api_``), with fresh
+  outputs and into preallocated ones (at one thread they take the serial
+  twins, the kernel cases the parallel ones).
+
+Each figure: median and best of ``--repeat`` rounds; within a round the
+cases alternate, each timed call right after an untimed call of itself.
+The first call of each case compiles it, outside every figure.
+
+    PYTHONPATH=src python scripts/scaling_passes.py --json F [--threads 1 2 4 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import prange
+
+import fastlayers
+from fastlayers import set_num_threads, threading_layer
+from fastlayers._kernels._twins import (
+    column_chunk,
+    n_column_chunks,
+    n_row_parts,
+    part_bounds,
+    sum_parts,
+)
+from fastlayers._kernels.batchnorm import (
+    _batchnorm_backward,
+    _batchnorm_normalize,
+    _batchnorm_stats,
+    _chan_merge,
+    _chan_update,
+    _chan_weights,
+)
+from fastlayers._kernels.relu import _relu_backward, _relu_forward
+from fastlayers.bench import _cpu_model, _parallel_copy
+
+SPLITS = (2, 4, 8)
+
+
+@numba.njit(error_model="numpy", fastmath={"contract"})  # as _part_moments: the same bits
+def _part_moments_columns(mean, m2, x, start, stop, first, last):
+    """``_part_moments`` over columns [first, last) of x into mean and m2 (as
+    wide as that range; whole eight-row blocks: the parts here have them).
+    Rows are taken as C-contiguous slices and walked from 0: numba then
+    knows each index is not negative and LLVM vectorises the loop (an
+    index running from ``first`` kept a wraparound test per access and ran
+    3-4x slower)."""
+    mean[:] = 0.0
+    m2[:] = 0.0
+    count = 0
+    i = start
+    while i + 8 <= stop:
+        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        r4, r5, r6, r7 = x[i + 4, first:last], x[i + 5, first:last], x[i + 6, first:last], x[i + 7, first:last]
+        total, weight, cross = _chan_weights(count, 8)
+        for j in range(mean.size):
+            a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
+            a4, a5, a6, a7 = np.float64(r4[j]), np.float64(r5[j]), np.float64(r6[j]), np.float64(r7[j])
+            block_mean = (((((((a0 + a1) + a2) + a3) + a4) + a5) + a6) + a7) * 0.125
+            d0, d1, d2, d3 = a0 - block_mean, a1 - block_mean, a2 - block_mean, a3 - block_mean
+            d4, d5, d6, d7 = a4 - block_mean, a5 - block_mean, a6 - block_mean, a7 - block_mean
+            block_m2 = ((((((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3) + d4 * d4) + d5 * d5) + d6 * d6) + d7 * d7
+            _chan_update(mean, m2, j, block_mean, block_m2, weight, cross)
+        count = total
+        i += 8
+
+
+@numba.njit(parallel=True, error_model="numpy")
+def stats_split(x, n_parts, splits, mean, var):
+    """``_batchnorm_stats`` (without the running update) over n_parts x splits tasks."""
+    n_rows, n_features = x.shape
+    part_mean = np.empty((n_parts, n_features))
+    part_m2 = np.empty((n_parts, n_features))
+    for task in prange(n_parts * splits):
+        part = task // splits
+        start, stop = part_bounds(n_rows, n_parts, part)
+        first, last = part_bounds(n_features, splits, task - part * splits)
+        _part_moments_columns(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first,
+                              last)
+    for chunk in prange(n_column_chunks(n_features)):
+        start, stop = column_chunk(n_features, chunk)
+        mean[start:stop] = 0.0
+        var[start:stop] = 0.0
+        count = 0
+        for part in range(n_parts):
+            part_start, part_stop = part_bounds(n_rows, n_parts, part)
+            count = _chan_merge(count, part_stop - part_start, mean, var, part_mean[part], part_m2[part], start, stop)
+        for j in range(start, stop):
+            var[j] /= n_rows
+
+
+@numba.njit(error_model="numpy")
+def _gradient_sums_columns(sum_g, sum_g_dev, dout, x, mean, start, stop, first, last):
+    """``_add_gradient_sums`` without a ReLU, over columns [first, last) into
+    sum_g and sum_g_dev (as wide as that range; whole four-row sweeps),
+    rows as slices walked from 0 (see ``_part_moments_columns``)."""
+    sum_g[:] = 0.0
+    sum_g_dev[:] = 0.0
+    center = mean[first:last]
+    i = start
+    while i + 4 <= stop:
+        g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
+        x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        for j in range(sum_g.size):
+            m = center[j]
+            a0, a1, a2, a3 = np.float64(g0[j]), np.float64(g1[j]), np.float64(g2[j]), np.float64(g3[j])
+            sum_g[j] = (((sum_g[j] + a0) + a1) + a2) + a3
+            sum_g_dev[j] = (((sum_g_dev[j] + a0 * (x0[j] - m)) + a1 * (x1[j] - m)) + a2 * (x2[j] - m)) + a3 * (
+                x3[j] - m)
+        i += 4
+
+
+@numba.njit(parallel=True, error_model="numpy")
+def reduce_split(dout, x, mean, n_parts, splits, sums):
+    """The backward's reduce phase (no ReLU) over n_parts x splits tasks."""
+    n_rows, n_features = x.shape
+    part_dout = np.empty((n_parts, n_features))
+    part_dout_xmu = np.empty((n_parts, n_features))
+    for task in prange(n_parts * splits):
+        part = task // splits
+        start, stop = part_bounds(n_rows, n_parts, part)
+        first, last = part_bounds(n_features, splits, task - part * splits)
+        _gradient_sums_columns(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean,
+                               start, stop, first, last)
+    for chunk in prange(n_column_chunks(n_features)):
+        start, stop = column_chunk(n_features, chunk)
+        sums[0, start:stop] = sum_parts(part_dout, start, stop)
+        sums[1, start:stop] = sum_parts(part_dout_xmu, start, stop)
+
+
+@numba.njit(parallel=True)
+def launch_only(out):
+    for i in prange(out.size):
+        out[i] = i
+
+
+def _cases(x, dout, parts):
+    """name -> call, and the arrays each family's results are checked on."""
+    n, d = x.shape
+    mean, var = np.empty(d), np.empty(d)
+    _batchnorm_stats.parallel(x, parts, mean, var, 0.9, np.zeros(d), np.ones(d), np.empty(0), np.empty(0))
+    gamma = np.ones(d, x.dtype)
+    beta = np.zeros(d, x.dtype)
+    sums = np.empty((2, d))
+    out, dx, reused = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    flat_x, flat_dout, flat_out, flat_dx = x.reshape(-1), dout.reshape(-1), out.reshape(-1), dx.reshape(-1)
+    no_mask = np.empty(0, np.bool_)
+    dgamma, dbeta, no_sums = np.empty(d, x.dtype), np.empty(d, x.dtype), np.empty(0)
+    s_mean, s_var, s_sums = np.empty(d), np.empty(d), np.empty((2, d))
+
+    def backward(sums_, reduce, apply, n_parts):
+        return lambda: _batchnorm_backward.parallel(dout, x, mean, var, gamma, beta, 1e-5, None, n, sums_, reduce,
+                                                    apply, n_parts, dx, dgamma, dbeta, no_sums)
+
+    launch_out = np.empty(16)
+    calls = {
+        "copy": lambda: _parallel_copy(flat_x, reused.reshape(-1)),
+        "launch": lambda: launch_only(launch_out),
+        "relu_forward": lambda: _relu_forward.parallel(flat_x, flat_out, no_mask),
+        "relu_backward": lambda: _relu_backward.parallel(flat_dout, flat_x, flat_dx),
+        "stats": lambda: _batchnorm_stats.parallel(x, parts, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
+                                                   np.empty(0), np.empty(0)),
+        "stats_64parts": lambda: _batchnorm_stats.parallel(x, 64, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
+                                                           np.empty(0), np.empty(0)),
+        "normalize": lambda: _batchnorm_normalize.parallel(x, mean, var, gamma, beta, 1e-5, None, out),
+        "reduce": backward(s_sums, True, False, parts),
+        "reduce_64parts": backward(s_sums, True, False, 64),
+        "dx": backward(sums, False, True, parts),
+        "dx_64parts": backward(sums, False, True, 64),
+    }
+    backward(sums, True, False, parts)()  # the reductions the dx cases apply
+    for k in SPLITS:
+        calls[f"stats_split{k}"] = lambda k=k: stats_split(x, parts, k, s_mean, s_var)
+        calls[f"reduce_split{k}"] = lambda k=k: reduce_split(dout, x, mean, parts, k, s_sums)
+    # The same calls with numba's chunk size set (iterations per chunk that
+    # a thread takes; 0, the default, divides the loop into one chunk per
+    # thread): more, smaller chunks for the threading layer to balance.
+    chunked = {"copy": 1 << 16, "relu_forward": 1 << 16, "relu_backward": 1 << 16, "normalize": 8,
+               "dx_64parts": 1, "stats_split4": 1, "reduce_split4": 1, "dx": 1, "stats": 1,
+               "reduce": 1}
+    for name, size in chunked.items():
+        calls[f"{name}_chunk{size}"] = _with_chunksize(calls[name], size)
+    # The public functions over the same arrays: fresh outputs, and into
+    # preallocated ones (``_out``), to set beside the passes they run.
+    _, cache = fastlayers.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    api_out, api_dx = np.empty_like(x), np.empty_like(x)
+    api_dgamma, api_dbeta = np.empty(d, x.dtype), np.empty(d, x.dtype)
+    calls.update({
+        "api_relu_forward": lambda: fastlayers.relu_forward(x),
+        "api_relu_forward_out": lambda: fastlayers.relu_forward(x, out=api_out),
+        "api_bn_forward": lambda: fastlayers.batchnorm_forward(x, gamma, beta, {"mode": "train"}),
+        "api_bn_forward_out": lambda: fastlayers.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=api_out),
+        "api_bn_backward": lambda: fastlayers.batchnorm_backward(dout, cache),
+        "api_bn_backward_out": lambda: fastlayers.batchnorm_backward(dout, cache, dx=api_dx, dgamma=api_dgamma,
+                                                                     dbeta=api_dbeta),
+    })
+    checks = {"stats": (mean, var, (s_mean, s_var)), "reduce": (sums, None, (s_sums,))}
+    return calls, checks
+
+
+def _with_chunksize(call, size):
+    def chunked():
+        with numba.parallel_chunksize(size):
+            return call()
+
+    return chunked
+
+
+def check_splits(calls, checks):
+    """Each split variant must give the package kernel's bits."""
+    for family, (a, b, scratch) in checks.items():
+        for k in SPLITS:
+            calls[f"{family}_split{k}"]()
+            same = np.array_equal(scratch[0], a) and (b is None or np.array_equal(scratch[1], b))
+            if not same:
+                raise SystemExit(f"{family}_split{k} differs from the package kernel")
+
+
+def time_round_robin(calls, repeats, budget):
+    samples = {name: [] for name in calls}
+    started = time.perf_counter()
+    for round_ in range(repeats):
+        for name, call in calls.items():
+            call()
+            t0 = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - t0)
+        if round_ >= 2 and time.perf_counter() - started > budget:
+            break
+    return {name: (statistics.median(t), min(t), len(t)) for name, t in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=2, default=(4096, 4096))
+    parser.add_argument("--threads", type=int, nargs="+")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--budget", type=float, default=4.0, help="seconds per (dtype, thread count), at least 3 rounds")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    most = numba.config.NUMBA_NUM_THREADS
+    threads = args.threads or sorted({1 << k for k in range(most.bit_length()) if 1 << k <= most} | {most})
+    n, d = args.shape
+    parts = n_row_parts(n)
+    print(f"numpy {np.__version__}, numba {numba.__version__}, layer {threading_layer()}, {os.cpu_count()} cores "
+          f"({_cpu_model()}), shape {n}x{d}, {parts} row parts, splits {SPLITS}", flush=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for dtype in args.dtype:
+        x = rng.standard_normal((n, d)).astype(dtype) * 3 + 1
+        dout = rng.standard_normal((n, d)).astype(dtype)
+        calls, checks = _cases(x, dout, parts)
+        started = time.perf_counter()
+        for call in calls.values():  # compile (or load) every case
+            call()
+        check_splits(calls, checks)
+        print(f"{dtype}: compiled and checked in {time.perf_counter() - started:.1f} s", flush=True)
+        for t in threads:
+            set_num_threads(t)
+            for name, (median, best, rounds) in time_round_robin(calls, args.repeat, args.budget).items():
+                records.append({"dtype": dtype, "threads": t, "case": name, "median_s": median, "best_s": best,
+                                "rounds": rounds})
+            copy = next(r for r in records if r["dtype"] == dtype and r["threads"] == t and r["case"] == "copy")
+            print(f"{dtype} {t:2d} threads: copy {2 * x.nbytes / copy['median_s'] / 1e9:.1f} GB/s (median), "
+                  f"{2 * x.nbytes / copy['best_s'] / 1e9:.1f} (best)", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shape": [n, d], "parts": parts, "splits": SPLITS, "cpu": _cpu_model(),
+                       "cores": os.cpu_count(), "numba": numba.__version__, "records": records}, f, indent=1)
+    print_table(records, args.dtype, threads)
+    return 0
+
+
+def print_table(records, dtypes, threads):
+    """One line per (dtype, case): median ms per thread count, then the median's multiple of the copy's."""
+    by = {(r["dtype"], r["threads"], r["case"]): r for r in records}
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    for dtype in dtypes:
+        print(f"\n{dtype}: median ms at {threads} threads | time / copy time at the same count")
+        for case in cases:
+            times = [by[(dtype, t, case)]["median_s"] for t in threads]
+            ratios = [by[(dtype, t, case)]["median_s"] / by[(dtype, t, "copy")]["median_s"] for t in threads]
+            print(f"  {case:24s} " + " ".join(f"{1e3 * s:8.3f}" for s in times) + " | "
+                  + " ".join(f"{q:5.2f}" for q in ratios))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

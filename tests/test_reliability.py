@@ -120,7 +120,7 @@ def _twin_kernels() -> list:
 def test_kernels_ignore_and_keep_the_callers_chunk_size(layer, monkeypatch):
     """numba.set_parallel_chunksize in the calling thread: the parallel kernels
     run at numba's default of 0 all the same (a chunk size of 1 made ReLU's
-    loop over elements 80x slower) and the caller's setting is back after."""
+    loop over elements 78x slower) and the caller's setting is back after."""
     import numba
 
     inputs = layer.inputs(np.random.default_rng(5), (300, 90, 40) if layer.family == "affine" else (300, 90),

@@ -93,6 +93,16 @@ def _part_moments_columns(mean, m2, x, start, stop, first, last):
         i += 8
 
 
+@numba.njit(inline="always")
+def _task_bounds(task, splits, n_rows, n_parts, n_features):
+    """Task ``task`` of n_parts x splits: its row part, that part's rows
+    [start, stop) and its columns [first, last) of the part's ``splits``."""
+    part = task // splits
+    start, stop = part_bounds(n_rows, n_parts, part)
+    first, last = part_bounds(n_features, splits, task - part * splits)
+    return part, start, stop, first, last
+
+
 @numba.njit(parallel=True, error_model="numpy")
 def stats_split(x, n_parts, splits, mean, var):
     """``_batchnorm_stats`` (without the running update) over n_parts x splits tasks."""
@@ -100,9 +110,7 @@ def stats_split(x, n_parts, splits, mean, var):
     part_mean = np.empty((n_parts, n_features))
     part_m2 = np.empty((n_parts, n_features))
     for task in prange(n_parts * splits):
-        part = task // splits
-        start, stop = part_bounds(n_rows, n_parts, part)
-        first, last = part_bounds(n_features, splits, task - part * splits)
+        part, start, stop, first, last = _task_bounds(task, splits, n_rows, n_parts, n_features)
         _part_moments_columns(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first,
                               last)
     for chunk in prange(n_column_chunks(n_features)):
@@ -145,9 +153,7 @@ def reduce_split(dout, x, mean, n_parts, splits, sums):
     part_dout = np.empty((n_parts, n_features))
     part_dout_xmu = np.empty((n_parts, n_features))
     for task in prange(n_parts * splits):
-        part = task // splits
-        start, stop = part_bounds(n_rows, n_parts, part)
-        first, last = part_bounds(n_features, splits, task - part * splits)
+        part, start, stop, first, last = _task_bounds(task, splits, n_rows, n_parts, n_features)
         _gradient_sums_columns(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean,
                                start, stop, first, last)
     for chunk in prange(n_column_chunks(n_features)):

@@ -216,3 +216,26 @@ def test_targets_script_reads_each_target_its_verdict_and_the_floor_bound():
     assert records[("batchnorm_step", "large", "torch")]["measured"] == 0  # no such rows
     table = targets.format_targets([run, run])
     assert "20.00x / 30.00x" in table and "2 of 4" in table and "40.00x / 60.00x" in table
+
+
+def test_copy_ceiling_runs_at_numba_default_chunk_size(monkeypatch):
+    """The bench's copy (the floor the kernels are held against) runs at
+    numba's default chunk size, as the kernels do, under a caller's own
+    setting, which is kept."""
+    from fastlayers import bench
+
+    seen = []
+
+    def recording(source, target, _copy=bench._parallel_copy):
+        seen.append(numba.get_parallel_chunksize())
+        return _copy(source, target)
+
+    monkeypatch.setattr(bench, "_parallel_copy", recording)
+    before = numba.set_parallel_chunksize(3)
+    try:
+        bandwidth, first_touch = bench.measure_ceilings((64, 64), "float64", repeats=3)
+        assert numba.get_parallel_chunksize() == 3
+    finally:
+        numba.set_parallel_chunksize(before)
+    assert seen and set(seen) == {0}
+    assert bandwidth > 0 and first_touch >= 0

@@ -34,6 +34,7 @@ import numba
 import numpy as np
 
 from . import __version__
+from ._kernels._twins import run_parallel
 from ._table import BATCHNORM_STEP, LAYERS, SIZES, Layer
 
 DTYPES = ("float32", "float64")
@@ -194,14 +195,16 @@ def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 21) -> t
     serial ``copyto`` of an array of ``shape`` into a reused array (so a
     size that fits in cache gets its cache bandwidth, and a tiny one is not
     charged a thread launch); the first-touch cost is a copy into a fresh
-    ``np.empty`` minus the same copy into the reused array.
+    ``np.empty`` minus the same copy into the reused array. The copy runs
+    at numba's default chunk size, as the kernels it is held against do
+    (``run_parallel``), whatever chunk size the calling thread has set.
     """
     source = np.ones(int(np.prod(shape)), dtype=dtype)
     reused = np.empty_like(source)
     times = _alternate(
         {
-            "fresh": lambda: _parallel_copy(source, np.empty_like(source)),
-            "reused": lambda: _parallel_copy(source, reused),
+            "fresh": lambda: run_parallel(_parallel_copy, source, np.empty_like(source)),
+            "reused": lambda: run_parallel(_parallel_copy, source, reused),
             "serial": lambda: np.copyto(reused, source),
         },
         repeats,

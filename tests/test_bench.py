@@ -216,6 +216,10 @@ def test_targets_script_reads_each_target_its_verdict_and_the_floor_bound():
     assert records[("batchnorm_step", "large", "torch")]["measured"] == 0  # no such rows
     table = targets.format_targets([run, run])
     assert "20.00x / 30.00x" in table and "2 of 4" in table and "40.00x / 60.00x" in table
+    # A second run whose float32 reference took 1.2e-2 s: the floor's bound spans both runs.
+    faster_reference = {"rows": [dict(run["rows"][0], reference_s=1.2e-2), *run["rows"][1:]]}
+    line = targets.format_targets([run, faster_reference]).splitlines()[1]
+    assert line.startswith("relu forward") and line.endswith("40.00x-60.00x / 60.00x"), line
 
 
 def test_copy_ceiling_runs_at_numba_default_chunk_size(monkeypatch):

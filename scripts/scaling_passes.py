@@ -115,14 +115,16 @@ def stats_split(x, n_parts, splits, mean, var):
                               last)
     for chunk in prange(n_column_chunks(n_features)):
         start, stop = column_chunk(n_features, chunk)
-        mean[start:stop] = 0.0
-        var[start:stop] = 0.0
+        chunk_mean, chunk_var = mean[start:stop], var[start:stop]
+        chunk_mean[:] = 0.0
+        chunk_var[:] = 0.0
         count = 0
         for part in range(n_parts):
             part_start, part_stop = part_bounds(n_rows, n_parts, part)
-            count = _chan_merge(count, part_stop - part_start, mean, var, part_mean[part], part_m2[part], start, stop)
-        for j in range(start, stop):
-            var[j] /= n_rows
+            count = _chan_merge(count, part_stop - part_start, chunk_mean, chunk_var, part_mean[part, start:stop],
+                                part_m2[part, start:stop])
+        for j in range(chunk_var.size):
+            chunk_var[j] /= n_rows
 
 
 @numba.njit(error_model="numpy")

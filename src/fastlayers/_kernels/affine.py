@@ -144,9 +144,7 @@ def _affine_backward(blas_int, dout, relu_kept, x, x_is_t, w, w_is_t, n_parts, d
                     p_db[j] += dout[i, j]
     for chunk in prange(n_column_chunks(m)):
         start, stop = column_chunk(m, chunk)
-        totals = sum_parts(part_db, start, stop)
-        for j in range(start, stop):
-            db[j] = totals[j - start]
+        db[start:stop] = sum_parts(part_db, start, stop)
     if gated:
         affine_input_gradients(blas_int, dpre, x, x_is_t, w, w_is_t, dx, dw)
     else:

@@ -67,11 +67,12 @@ def _chan_update(mean, m2, j, new_mean, new_m2, weight, cross):
 
 
 @numba.njit(inline="always")
-def _chan_merge(count, n_new, mean, m2, new_mean, new_m2, start, stop):
-    """Merge (n_new, new_mean, new_m2) into (count, mean, m2) over columns
-    [start, stop) with Chan et al.'s formula; return the merged count."""
+def _chan_merge(count, n_new, mean, m2, new_mean, new_m2):
+    """Merge (n_new, new_mean, new_m2) into (count, mean, m2), column by
+    column, with Chan et al.'s formula; return the merged count. A range of
+    columns is passed as views (see "Column ranges" in _twins.py)."""
     total, weight, cross = _chan_weights(count, n_new)
-    for j in range(start, stop):
+    for j in range(mean.size):
         _chan_update(mean, m2, j, new_mean[j], new_m2[j], weight, cross)
     return total
 
@@ -164,7 +165,7 @@ def _part_moments(mean, m2, x, start, stop):
         block_mean /= stop - i
         block_m2 = np.zeros(mean.size)
         _add_squared_deviations(block_m2, x, block_mean, i, stop)
-        _chan_merge(count, stop - i, mean, m2, block_mean, block_m2, 0, mean.size)
+        _chan_merge(count, stop - i, mean, m2, block_mean, block_m2)
 
 
 @twin(STATS_THRESHOLD)
@@ -182,16 +183,17 @@ def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var,
         _part_moments(part_mean[part], part_m2[part], x, start, stop)
     for chunk in prange(n_column_chunks(n_features)):
         start, stop = column_chunk(n_features, chunk)
-        mean[start:stop] = 0.0
-        var[start:stop] = 0.0
+        chunk_mean, chunk_var = mean[start:stop], var[start:stop]
+        chunk_mean[:] = 0.0
+        chunk_var[:] = 0.0
         count = 0
         for part in range(n_parts):
             part_start, part_stop = part_bounds(n_rows, n_parts, part)
             if part_stop > part_start:
-                count = _chan_merge(count, part_stop - part_start, mean, var, part_mean[part], part_m2[part],
-                                    start, stop)
-        for j in range(start, stop):
-            var[j] /= n_rows
+                count = _chan_merge(count, part_stop - part_start, chunk_mean, chunk_var,
+                                    part_mean[part, start:stop], part_m2[part, start:stop])
+        for j in range(chunk_var.size):
+            chunk_var[j] /= n_rows
     _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
 
 
@@ -227,7 +229,7 @@ def merge_rank_statistics(counts, means, m2s, mean, m2):
     count = 0
     for rank in range(counts.size):
         if counts[rank] > 0:
-            count = _chan_merge(count, counts[rank], mean, m2, means[rank], m2s[rank], 0, mean.size)
+            count = _chan_merge(count, counts[rank], mean, m2, means[rank], m2s[rank])
     return count
 
 

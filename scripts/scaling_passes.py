@@ -45,19 +45,18 @@ from numba import prange
 import fastlayers
 from fastlayers import set_num_threads, threading_layer
 from fastlayers._kernels._twins import (
-    column_chunk,
     n_column_chunks,
     n_row_parts,
     part_bounds,
-    sum_parts,
+    sum_parts_chunk,
 )
 from fastlayers._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
-    _chan_merge,
     _chan_update,
     _chan_weights,
+    _merge_moments_chunk,
 )
 from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers.bench import _cpu_model, _parallel_copy
@@ -113,18 +112,8 @@ def stats_split(x, n_parts, splits, mean, var):
         part, start, stop, first, last = _task_bounds(task, splits, n_rows, n_parts, n_features)
         _part_moments_columns(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first,
                               last)
-    for chunk in prange(n_column_chunks(n_features)):
-        start, stop = column_chunk(n_features, chunk)
-        chunk_mean, chunk_var = mean[start:stop], var[start:stop]
-        chunk_mean[:] = 0.0
-        chunk_var[:] = 0.0
-        count = 0
-        for part in range(n_parts):
-            part_start, part_stop = part_bounds(n_rows, n_parts, part)
-            count = _chan_merge(count, part_stop - part_start, chunk_mean, chunk_var, part_mean[part, start:stop],
-                                part_m2[part, start:stop])
-        for j in range(chunk_var.size):
-            chunk_var[j] /= n_rows
+    for chunk in prange(n_column_chunks(n_features)):  # the package's merge, in parallel as it was
+        _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
 
 
 @numba.njit(error_model="numpy")
@@ -159,9 +148,8 @@ def reduce_split(dout, x, mean, n_parts, splits, sums):
         _gradient_sums_columns(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean,
                                start, stop, first, last)
     for chunk in prange(n_column_chunks(n_features)):
-        start, stop = column_chunk(n_features, chunk)
-        sums[0, start:stop] = sum_parts(part_dout, start, stop)
-        sums[1, start:stop] = sum_parts(part_dout_xmu, start, stop)
+        sum_parts_chunk(part_dout, sums[0], chunk)
+        sum_parts_chunk(part_dout_xmu, sums[1], chunk)
 
 
 @numba.njit(parallel=True)

@@ -9,7 +9,7 @@ import pytest
 
 import fastlayers as fl
 from fastlayers import layers, sandwiches
-from fastlayers._kernels._twins import forced_path
+from fastlayers._kernels._twins import SERIAL_MERGE_MAX, forced_path, n_row_parts
 from fastlayers._kernels.batchnorm import BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD
 from fastlayers._table import LAYERS
 
@@ -31,6 +31,22 @@ def _arrays(result):
 def test_serial_equals_parallel(layer, shape, dtype):
     if layer.family == "affine":
         shape = (shape[0], shape[1] // 3, 200)
+    _assert_paths_agree(layer, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
+def test_serial_equals_parallel_where_the_merges_run_in_parallel(layer, dtype):
+    """Above SERIAL_MERGE_MAX row parts x columns the parallel twins merge
+    their per-part partials in a parallel loop, below it on the calling
+    thread: the same bits either way. 16 row parts x 4200 columns (the
+    affine layers' M) is above it."""
+    n, width = 544, 4200
+    assert n_row_parts(n) * width > SERIAL_MERGE_MAX
+    _assert_paths_agree(layer, (n, 8, width) if layer.family == "affine" else (n, width), dtype)
+
+
+def _assert_paths_agree(layer, shape, dtype):
     inputs = layer.inputs(np.random.default_rng(7), shape, dtype)
     results = {}
     for path in ("serial", "parallel"):

@@ -188,12 +188,35 @@ def n_column_chunks(n_features: int) -> int:
     return (n_features + COLUMN_CHUNK - 1) // COLUMN_CHUNK
 
 
-@numba.njit(inline="always")
-def sum_parts(partials, start: int, stop: int):
-    """float64 sums over the parts (rows of ``partials``), in part order, of columns [start, stop)."""
-    totals = np.zeros(stop - start)
+@numba.njit(error_model="numpy")
+def sum_parts_chunk(partials, totals, chunk: int) -> None:
+    """Column chunk ``chunk`` of ``totals``: the parts (rows of ``partials``)
+    summed in part order in float64, then stored in totals' dtype. A
+    function of its own: inlined into a parallel loop, its slice assignment
+    failed numba's parfor lowering ("Illegal IR, del found")."""
+    start, stop = column_chunk(partials.shape[1], chunk)
+    acc = np.zeros(stop - start)
     for part in range(partials.shape[0]):
         row = partials[part, start:stop]  # a view walked from 0: see "Column ranges"
-        for j in range(totals.size):
-            totals[j] += row[j]
-    return totals
+        for j in range(acc.size):
+            acc[j] += row[j]
+    totals[start:stop] = acc
+
+
+# Merges on the calling thread: merging per-part partials is light work
+# (parts x columns, at most 1/32 of the pass over the rows that made them),
+# and a parallel loop for it costs a thread launch of its own: 5-7 us on 2
+# cores, 35-49 us at 16 threads under tbb (BENCHMARKS.md, session 12). Up
+# to SERIAL_MERGE_MAX parts x columns (at the rates below, about 26 us of
+# Chan merges or 8 us of sums on one core) the kernels merge in a plain loop. Measured (_batchnorm_stats,
+# parallel twin, 2 cores, median of 41, us, parallel / plain merge, three
+# rounds): 512x256 float32 29/26, 31/27, 31/26, float64 31/27, 32/27, 30/28;
+# 1024x1024 float32 145/139, 142/125, 141/138; 256x4096 and 4096x4096
+# within the noise. The same bits either way.
+SERIAL_MERGE_MAX = 1 << 16
+
+
+@numba.njit(inline="always")
+def merge_in_parallel(n_parts: int, n_features: int) -> bool:
+    """Whether a merge of n_parts x n_features partials pays for a parallel loop."""
+    return n_parts * n_features > SERIAL_MERGE_MAX

@@ -14,7 +14,14 @@ import numpy as np
 from numba import prange
 
 from ._blas import gemm
-from ._twins import column_chunk, n_column_chunks, n_row_parts, part_bounds, sum_parts, twin
+from ._twins import (
+    merge_in_parallel,
+    n_column_chunks,
+    n_row_parts,
+    part_bounds,
+    sum_parts_chunk,
+    twin,
+)
 from .relu import passes
 
 # The bias fill, the ReLU epilogue and the db reduction are memory passes
@@ -142,9 +149,12 @@ def _affine_backward(blas_int, dout, relu_kept, x, x_is_t, w, w_is_t, n_parts, d
             else:
                 for j in range(m):
                     p_db[j] += dout[i, j]
-    for chunk in prange(n_column_chunks(m)):
-        start, stop = column_chunk(m, chunk)
-        db[start:stop] = sum_parts(part_db, start, stop)
+    if merge_in_parallel(n_parts, m):  # see "Merges on the calling thread" in _twins.py
+        for chunk in prange(n_column_chunks(m)):
+            sum_parts_chunk(part_db, db, chunk)
+    else:
+        for chunk in range(n_column_chunks(m)):
+            sum_parts_chunk(part_db, db, chunk)
     if gated:
         affine_input_gradients(blas_int, dpre, x, x_is_t, w, w_is_t, dx, dw)
     else:

@@ -16,7 +16,15 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._twins import column_chunk, n_column_chunks, n_row_parts, part_bounds, sum_parts, twin
+from ._twins import (
+    column_chunk,
+    merge_in_parallel,
+    n_column_chunks,
+    n_row_parts,
+    part_bounds,
+    sum_parts_chunk,
+    twin,
+)
 from .relu import passes
 
 # Where each parallel twin starts to win (elements). Measured (float64,
@@ -168,6 +176,26 @@ def _part_moments(mean, m2, x, start, stop):
         _chan_merge(count, stop - i, mean, m2, block_mean, block_m2)
 
 
+@numba.njit(error_model="numpy")
+def _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk):
+    """Column chunk ``chunk`` of the row parts' moments merged in part order
+    into mean and the biased var (a function of its own, as
+    ``sum_parts_chunk``)."""
+    n_parts, n_features = part_mean.shape
+    start, stop = column_chunk(n_features, chunk)
+    chunk_mean, chunk_var = mean[start:stop], var[start:stop]
+    chunk_mean[:] = 0.0
+    chunk_var[:] = 0.0
+    count = 0
+    for part in range(n_parts):
+        part_start, part_stop = part_bounds(n_rows, n_parts, part)
+        if part_stop > part_start:
+            count = _chan_merge(count, part_stop - part_start, chunk_mean, chunk_var,
+                                part_mean[part, start:stop], part_m2[part, start:stop])
+    for j in range(chunk_var.size):
+        chunk_var[j] /= n_rows
+
+
 @twin(STATS_THRESHOLD)
 def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var, new_running_mean,
                      new_running_var):
@@ -181,19 +209,12 @@ def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var,
     for part in prange(n_parts):
         start, stop = part_bounds(n_rows, n_parts, part)
         _part_moments(part_mean[part], part_m2[part], x, start, stop)
-    for chunk in prange(n_column_chunks(n_features)):
-        start, stop = column_chunk(n_features, chunk)
-        chunk_mean, chunk_var = mean[start:stop], var[start:stop]
-        chunk_mean[:] = 0.0
-        chunk_var[:] = 0.0
-        count = 0
-        for part in range(n_parts):
-            part_start, part_stop = part_bounds(n_rows, n_parts, part)
-            if part_stop > part_start:
-                count = _chan_merge(count, part_stop - part_start, chunk_mean, chunk_var,
-                                    part_mean[part, start:stop], part_m2[part, start:stop])
-        for j in range(chunk_var.size):
-            chunk_var[j] /= n_rows
+    if merge_in_parallel(n_parts, n_features):  # else on this thread: see "Merges on the calling thread"
+        for chunk in prange(n_column_chunks(n_features)):
+            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
+    else:
+        for chunk in range(n_column_chunks(n_features)):
+            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
     _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
 
 
@@ -517,10 +538,14 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
             part_dout_xmu[part] = 0.0
             _add_gradient_sums(part_dout[part], part_dout_xmu[part], dout, x, mean, scale, beta, relu_like,
                                start, stop)
-        for chunk in prange(n_column_chunks(n_features)):
-            start, stop = column_chunk(n_features, chunk)
-            sums[0, start:stop] = sum_parts(part_dout, start, stop)
-            sums[1, start:stop] = sum_parts(part_dout_xmu, start, stop)
+        if merge_in_parallel(n_parts, n_features):
+            for chunk in prange(n_column_chunks(n_features)):
+                sum_parts_chunk(part_dout, sums[0], chunk)
+                sum_parts_chunk(part_dout_xmu, sums[1], chunk)
+        else:
+            for chunk in range(n_column_chunks(n_features)):
+                sum_parts_chunk(part_dout, sums[0], chunk)
+                sum_parts_chunk(part_dout_xmu, sums[1], chunk)
     if not apply:
         return
     gain = np.empty(n_features)
@@ -548,10 +573,12 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
                            stop)
         else:
             _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop)
-    if summing:
+    if summing and merge_in_parallel(n_parts, n_features):
         for chunk in prange(n_column_chunks(n_features)):
-            start, stop = column_chunk(n_features, chunk)
-            dx_column_sums[start:stop] = sum_parts(part_sums, start, stop)
+            sum_parts_chunk(part_sums, dx_column_sums, chunk)
+    elif summing:
+        for chunk in range(n_column_chunks(n_features)):
+            sum_parts_chunk(part_sums, dx_column_sums, chunk)
 
 
 _batchnorm_backward_serial = _batchnorm_backward.serial

@@ -207,12 +207,13 @@ def sum_parts_chunk(partials, totals, chunk: int) -> None:
 # (parts x columns, at most 1/32 of the pass over the rows that made them),
 # and a parallel loop for it costs a thread launch of its own: 5-7 us on 2
 # cores, 35-49 us at 16 threads under tbb (BENCHMARKS.md, session 12). Up
-# to SERIAL_MERGE_MAX parts x columns (at the rates below, about 26 us of
-# Chan merges or 8 us of sums on one core) the kernels merge in a plain loop. Measured (_batchnorm_stats,
-# parallel twin, 2 cores, median of 41, us, parallel / plain merge, three
-# rounds): 512x256 float32 29/26, 31/27, 31/26, float64 31/27, 32/27, 30/28;
-# 1024x1024 float32 145/139, 142/125, 141/138; 256x4096 and 4096x4096
-# within the noise. The same bits either way.
+# to SERIAL_MERGE_MAX parts x columns (at the rates above, about 26 us of
+# Chan merges or 8 us of sums on one core) the kernels merge in a plain
+# loop. Measured (_batchnorm_stats, parallel twin, 2 cores, median of 41,
+# us, parallel / plain merge, three rounds): 512x256 float32 29/26, 31/27,
+# 31/26, float64 31/27, 32/27, 30/28; 1024x1024 float32 145/139, 142/125,
+# 141/138; 256x4096 and 4096x4096 within the noise. The same bits either
+# way. Not measured at 16 threads.
 SERIAL_MERGE_MAX = 1 << 16
 
 

@@ -209,7 +209,7 @@ def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var,
     for part in prange(n_parts):
         start, stop = part_bounds(n_rows, n_parts, part)
         _part_moments(part_mean[part], part_m2[part], x, start, stop)
-    if merge_in_parallel(n_parts, n_features):  # else on this thread: see "Merges on the calling thread"
+    if merge_in_parallel(n_parts, n_features):  # else on this thread: "Merges on the calling thread", _twins.py
         for chunk in prange(n_column_chunks(n_features)):
             _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
     else:
@@ -573,12 +573,13 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
                            stop)
         else:
             _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop)
-    if summing and merge_in_parallel(n_parts, n_features):
-        for chunk in prange(n_column_chunks(n_features)):
-            sum_parts_chunk(part_sums, dx_column_sums, chunk)
-    elif summing:
-        for chunk in range(n_column_chunks(n_features)):
-            sum_parts_chunk(part_sums, dx_column_sums, chunk)
+    if summing:
+        if merge_in_parallel(n_parts, n_features):
+            for chunk in prange(n_column_chunks(n_features)):
+                sum_parts_chunk(part_sums, dx_column_sums, chunk)
+        else:
+            for chunk in range(n_column_chunks(n_features)):
+                sum_parts_chunk(part_sums, dx_column_sums, chunk)
 
 
 _batchnorm_backward_serial = _batchnorm_backward.serial

@@ -114,8 +114,9 @@ def run_parallel(kernel: Callable[..., Any], *args: Any) -> Any:
     for it. A caller's own setting would reach them: under a chunk size of
     1, ReLU's loop over 2048x2048 elements became four million chunks
     (float64: 9.2 ms -> 720 ms; batch-norm backward 6.0 -> 14.9 ms); a
-    size above a loop's length puts the loop on one thread. So the kernel runs at 0 and the caller's setting is
-    restored after it. The bits do not depend on it either way.
+    size above a loop's length puts the loop on one thread. So the kernel
+    runs at 0 and the caller's setting is restored after it. The bits do
+    not depend on it either way.
     """
     _, chunk_size, set_chunk_size = _layer_calls or _bind_layer_calls()
     callers = chunk_size()
@@ -172,7 +173,8 @@ def n_row_parts(n_rows: int) -> int:
 # therefore take each range as views and walk them from 0: the same
 # arithmetic in the same order, so the same bits. Measured (serial, 8 parts
 # x 4096 columns, median of 41, us, indexed from start / views): the
-# statistics' Chan merge 42/13, sum_parts 12/3.9 (BENCHMARKS.md, session 13).
+# statistics' Chan merge 42/13, the parts' sums (sum_parts_chunk's loop)
+# 12/3.9 (BENCHMARKS.md, session 13).
 COLUMN_CHUNK = 512
 
 

@@ -222,6 +222,38 @@ def test_targets_script_reads_each_target_its_verdict_and_the_floor_bound():
     assert line.startswith("relu forward") and line.endswith("40.00x-60.00x / 60.00x"), line
 
 
+def test_thresholds_script_times_both_paths_and_finds_where_the_parallel_one_wins(tmp_path):
+    """scripts/thresholds.py: each layer timed on both twins over the sizes
+    of its kernels, the sizes that leave batch norm a single row part
+    marked, and "wins from" the smallest size after which the parallel
+    path never lost."""
+    thresholds = _load_script("thresholds")
+
+    def rows(*pairs):
+        return [{"size": 1 << (17 + k), "serial_s": s, "parallel_s": p} for k, (s, p) in enumerate(pairs)]
+
+    assert thresholds.parallel_wins_from(rows((1, 2), (2, 1), (4, 5), (8, 6), (16, 9))) == 1 << 20
+    assert thresholds.parallel_wins_from(rows((1, 2), (2, 3))) is None
+    assert thresholds.parallel_wins_from(rows((2, 1), (3, 2))) == 1 << 17
+    target = tmp_path / "thresholds.json"
+    done = subprocess.run(
+        [sys.executable, str(thresholds.__file__), "--layers", "relu_forward", "batchnorm_backward", "--dtype",
+         "float32", "--repeat", "3", "--budget", "0.01", "--json", str(target)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    records = json.loads(target.read_text())["records"]
+    measured = {(r["layer"], r["width"], r["size"]) for r in records}
+    assert measured == {(name, width, size) for name in ("relu_forward", "batchnorm_backward")
+                        for width in thresholds.LAYERS[name][1] for size in thresholds.STREAM_SIZES}
+    assert all(r["serial_s"] > 0 and r["parallel_s"] > 0 and 4 * r["shape"][0] * r["shape"][1] == r["size"] for r in records)
+    lines = done.stdout.splitlines()
+    wide = next(line for line in lines if "batchnorm_backward D=4096" in line)
+    assert "(threshold 512 KiB)" in wide
+    assert "512 KiB*: " in wide and "1024 KiB: " in wide  # 32 rows of 4096 float32: one part; 64 rows: two
+    assert all("parallel wins from" in line for line in lines if "float32 " in line)
+
+
 def test_copy_ceiling_runs_at_numba_default_chunk_size(monkeypatch):
     """The bench's copy (the floor the kernels are held against) runs at
     numba's default chunk size, as the kernels do, under a caller's own

@@ -9,8 +9,16 @@ import pytest
 
 import fastlayers as fl
 from fastlayers import layers, sandwiches
+from fastlayers._kernels import _twins
 from fastlayers._kernels._twins import SERIAL_MERGE_MAX, forced_path, n_row_parts
-from fastlayers._kernels.batchnorm import BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD
+from fastlayers._kernels.batchnorm import (
+    BACKWARD_THRESHOLD,
+    NORMALIZE_THRESHOLD,
+    STATS_THRESHOLD,
+    _batchnorm_backward,
+    _batchnorm_normalize,
+    _batchnorm_stats,
+)
 from fastlayers._table import LAYERS
 
 from conftest import DTYPES, bitwise_equal, with_layout
@@ -86,7 +94,7 @@ def test_affine_shortcut_equals_general_path(path, rng, shape, dtype):
 
 @pytest.mark.parametrize("vectors", ["C", "strided"])  # gamma, beta and the running statistics
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(64, 100), (1, 7), (33, 5), (300, 200), (300, 300)])
+@pytest.mark.parametrize("shape", [(64, 100), (1, 7), (33, 5), (300, 200), (300, 300), (300, 500)])
 def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors, monkeypatch):
     """A small train-mode call with plain arrays and a dict skips batch
     norm's general checks; the same call with out= (forward) or dx=
@@ -107,14 +115,39 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
     gradients = fl.batchnorm_backward(dout, cache)
     general = fl.batchnorm_backward(dout, general_cache, dx=np.empty_like(x))
     serial = path == "serial"
-    assert taken == ((["batchnorm_train_plain"] if serial and x.size < NORMALIZE_THRESHOLD else [])
-                     + (["batchnorm_backward_plain"] if serial and x.size < BACKWARD_THRESHOLD else []))
+    assert taken == ((["batchnorm_train_plain"] if serial and x.nbytes < NORMALIZE_THRESHOLD else [])
+                     + (["batchnorm_backward_plain"] if serial and x.nbytes < BACKWARD_THRESHOLD else []))
     assert cache.x is x and cache.gamma is gamma and cache.beta is beta
     assert bitwise_equal(out, general_out)
     for key in ("running_mean", "running_var"):
         assert bitwise_equal(params[key], general_params[key]), key
     for name, shortcut, expected in zip(("dx", "dgamma", "dbeta"), gradients, general):
         assert bitwise_equal(shortcut, expected), name
+
+
+@pytest.mark.parametrize("shape, parallel", [((32, 8192), False), ((64, 4096), True)])
+def test_batchnorm_with_a_single_row_part_keeps_its_reductions_serial(rng, monkeypatch, shape, parallel):
+    """Fewer than 64 rows make one row part, which the statistics' and the
+    backward's parallel twins would run on a single thread after a launch:
+    they take the serial twins at any size, while the normalise (split into
+    row tasks, not parts) goes parallel. 64 rows, two parts, of the same
+    size take the parallel twins. Both sizes are above every threshold."""
+    assert 8 * shape[0] * shape[1] >= max(STATS_THRESHOLD, BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD)  # float64 bytes
+    assert (n_row_parts(shape[0]) > 1) == parallel
+    taken = []
+    for kernel in (_batchnorm_stats, _batchnorm_normalize, _batchnorm_backward):
+        for twin in ("serial", "parallel"):
+            entry = getattr(kernel, twin)
+            monkeypatch.setattr(kernel, twin, lambda *args, entry=entry, name=f"{kernel.name} {twin}": (
+                taken.append(name), entry(*args))[1])
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    x = rng.standard_normal(shape)
+    _, cache = fl.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]), {"mode": "train"})
+    fl.batchnorm_backward(x, cache)
+    reductions = "parallel" if parallel else "serial"
+    assert taken == [f"batchnorm_stats {reductions}", "batchnorm_normalize parallel",
+                     f"batchnorm_backward {reductions}"]
 
 
 def test_small_sandwiches_take_the_short_entries(rng, monkeypatch):

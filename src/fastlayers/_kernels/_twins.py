@@ -51,9 +51,12 @@ def _renamed_copy(func: types.FunctionType, suffix: str) -> types.FunctionType:
 class TwinKernel:
     """A kernel body compiled twice, dispatched by the amount of work.
 
-    ``threshold`` is the work (elements touched) from which the parallel
-    twin wins on the machines we measured; below it a thread launch costs
-    more than it saves.
+    ``threshold`` is the work from which the parallel twin wins on the
+    machine we measured; below it a thread launch costs more than it saves.
+    Work is counted in bytes of the array the kernel streams (its input;
+    the affine layer's output): float32 and float64 passes cross over at
+    about the same number of bytes, not of elements (BENCHMARKS.md,
+    session 14).
     """
 
     def __init__(self, body: types.FunctionType, threshold: int) -> None:
@@ -68,7 +71,7 @@ class TwinKernel:
         self.parallel = numba.njit(parallel=True, **options)(_renamed_copy(body, "_parallel"))
 
     def __call__(self, work: int, *args: Any) -> Any:
-        """Run the twin that ``work`` (elements touched) calls for, or the forced one."""
+        """Run the twin that ``work`` (bytes streamed) calls for, or the forced one."""
         path = _forced_path
         if path is None:
             if work < self.threshold:  # tested first: small calls pay for one comparison only
@@ -155,6 +158,16 @@ def n_row_parts(n_rows: int) -> int:
     0.284/0.346/0.408; 4096x4096 float64 7.69/8.10/8.18.
     """
     return max(1, min(16, n_rows // 32))
+
+
+def parted_work(x: np.ndarray) -> int:
+    """The work by which a kernel whose passes over the (N, D) array x are
+    split into row parts (the batch-norm statistics and backward) picks its
+    twin: x's bytes, or 0 when its rows make a single part. Then the
+    parallel twin runs its whole loop on one thread after a launch, and
+    loses at any width (32x4096, serial / parallel us: backward float32
+    84.9/102.4, float64 211.4/237.7; BENCHMARKS.md, session 14)."""
+    return x.nbytes if n_row_parts(x.shape[0]) > 1 else 0
 
 
 # Per-part buffers: a kernel's per-part partials are allocated with

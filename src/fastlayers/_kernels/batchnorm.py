@@ -27,26 +27,27 @@ from ._twins import (
 )
 from .relu import passes
 
-# Where each parallel twin starts to win (elements). Measured (float64,
-# 2 cores, tbb, median of 41, each call after an untimed one; serial /
-# parallel us at 2^15, 2^16, 2^17, 2^18 elements):
-#   statistics (two parallel regions, per-part buffers; eight-row blocks,
-#     median of 41), D = 64: 9.0/12.7, 15.7/16.1, 31.0/22.6, 62.6/38.9;
-#     D = 256: 7.4/12.4, 13.9/17.0, 28.1/26.6, 50.7/38.1; D = 4096:
-#     19.9/28.9, 27.5/38.1, 31.6/38.8, 55.1/43.5 (2^17: a loss at D = 4096,
-#     a gain at D = 64 and 256);
-#   normalise, D = 64: 8.1/9.5, 16.1/11.8, 32.4/19.9, 65.9/40.1; D = 256:
-#     8.4/10.6, 15.3/14.0, 28.5/23.3, 51.6/35.8; D = 4096: 15.8/18.8,
-#     20.7/23.0, 39.6/33.5, 132.1/80.6;
-#   backward (the dx pass in sweeps; two runs), D = 64: 24.3/32.8,
-#     49.8/52.6, 95.1/94.1, 193.8/129.8 and 24.5/40.3, 49.9/55.1, 95.4/78.6,
-#     193.0/143.0; D = 256: 20.7/30.4, 40.9/53.6, 81.0/63.5, 150.7/98.5 and
-#     21.2/37.8, 42.8/53.3, 78.6/61.3, 156.9/101.9; D = 4096: 55.2/78.3,
-#     62.0/82.6, 117.7/145.3, 246.4/167.3 and 48.8/71.5, 63.5/84.9,
-#     163.1/191.4, 248.3/167.9 (2^17: as the statistics).
-STATS_THRESHOLD = 1 << 17
-NORMALIZE_THRESHOLD = 1 << 16
-BACKWARD_THRESHOLD = 1 << 17
+# Where the parallel twins start to win, in bytes of x (see TwinKernel).
+# Measured on the 2-core machine that runs the bench: the public functions
+# with fresh outputs, each forced onto one path (tbb; scripts/thresholds.py,
+# median of 41; serial/parallel us at 384, 512, 640 and 768 KiB):
+#   forward, D = 64: float32 47.0/48.6, 65.2/54.2, 77.0/59.6, 97.4/66.9;
+#     float64 22.2/32.8, 34.3/35.2, 42.0/37.6, 56.7/42.4; D = 256: float32
+#     46.0/52.3, 63.7/57.5, 77.6/63.8, 92.1/67.6; float64 20.2/33.1,
+#     32.0/38.4, 39.6/38.9, 55.9/44.3;
+#   backward, D = 64: float32 57.9/50.9, 86.0/60.9, 113.7/72.1, 143.0/81.3;
+#     float64 39.0/40.9, 70.9/57.8, 98.0/63.3, 148.5/83.4; D = 256: float32
+#     54.2/50.7, 78.1/60.2, 104.6/69.5, 129.1/79.6; float64 34.2/41.9,
+#     59.3/48.0, 76.9/52.7, 121.8/60.0.
+# The statistics and the normalise share a threshold, so that both passes
+# over x run on the same cores: with the statistics serial and the normalise
+# parallel, a 512x256 float64 forward took 57-74 us (median 66.3 over six
+# processes) against 61-67 us (62.7) with both parallel. With fewer than 64
+# rows (a single row part) the statistics and the backward stay serial
+# whatever the size: ``parted_work`` in _twins.py.
+STATS_THRESHOLD = 1 << 19
+NORMALIZE_THRESHOLD = 1 << 19
+BACKWARD_THRESHOLD = 1 << 19
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
 # arrays) outgrow L1; narrower rows go row by row. Measured (normalise,

@@ -45,7 +45,11 @@ import numpy as np
 from fastlayers import set_num_threads, threading_layer
 from fastlayers._kernels._twins import TwinKernel, forced_path, n_row_parts
 from fastlayers._kernels.affine import _affine_backward, _affine_forward
-from fastlayers._kernels.batchnorm import _batchnorm_backward, _batchnorm_normalize, _batchnorm_stats
+from fastlayers._kernels.batchnorm import (
+    _batchnorm_backward,
+    _batchnorm_normalize,
+    _batchnorm_stats,
+)
 from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers._table import BY_NAME
 from fastlayers.bench import _cpu_model

@@ -4,11 +4,13 @@ Issue 4 asks for each serial/parallel threshold to be chosen from
 measurement, with no parallel launch where it loses. This script times
 each single layer's public function as a user calls it (inputs and
 arguments from the table that drives the tests and the bench; fresh
-outputs) with every kernel forced onto its serial twin, then onto its
-parallel twin, over a range of sizes, and prints each pair beside the
-threshold of the layer's kernels. Sizes are the bytes of the array the
-kernels stream, as the thresholds count them: x (dout for the backward
-passes), or the affine layer's output.
+outputs) with every kernel's threshold set above any size, so that it
+runs its serial twin (through the short entries where a layer has them),
+then set to 0, so that it runs its parallel twin, over a range of sizes,
+and prints each pair beside the threshold of the layer's kernels. Sizes are counted as the kernels'
+thresholds count them (``TwinKernel.unit``): bytes of x (dout for the
+backward) for ReLU, elements of x for batch norm, of the output for the
+affine layer.
 
 - ReLU: D = 256 (the width does not matter to an elementwise pass);
 - batch norm: D = 64, 256 and 4096;
@@ -20,10 +22,9 @@ untimed call of itself; each figure is the median of ``--repeat`` rounds.
 The first calls compile the kernels (or load them from the cache), outside
 every figure. "wins from" is the smallest size measured from which the
 parallel path was faster at every larger size of that width. A size marked
-* leaves batch norm a single row part: its statistics and backward then
-take the serial twin whatever the size (``parted_work``). Forced onto the
-serial twin, a call above a threshold takes the general path, without the
-short entry that a call under it takes (0.5-2 us less at 64x100).
+* leaves batch norm a single row part: the package runs its statistics and
+backward on the serial twin whatever the size (``parted_work``), the
+parallel figure is what it would cost otherwise.
 
     PYTHONPATH=src python scripts/thresholds.py [--threads 2] [--repeat 21] [--json F]
 """
@@ -31,6 +32,7 @@ short entry that a call under it takes (0.5-2 us less at 64x100).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -43,7 +45,7 @@ import numba
 import numpy as np
 
 from fastlayers import set_num_threads, threading_layer
-from fastlayers._kernels._twins import TwinKernel, forced_path, n_row_parts
+from fastlayers._kernels._twins import TwinKernel, n_row_parts
 from fastlayers._kernels.affine import _affine_backward, _affine_forward
 from fastlayers._kernels.batchnorm import (
     _batchnorm_backward,
@@ -54,27 +56,29 @@ from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers._table import BY_NAME
 from fastlayers.bench import _cpu_model
 
-KIB, MIB = 1 << 10, 1 << 20
-STREAM_SIZES = tuple(k * KIB for k in (128, 256, 384, 512, 640, 768, 1024, 1536, 2048))
-AFFINE_SIZES = tuple(k * MIB for k in (4, 8, 16, 32, 64))
+KI, MI = 1 << 10, 1 << 20
+RELU_SIZES = tuple(k * KI for k in (128, 256, 384, 512, 640, 768, 1024, 1536, 2048))  # bytes
+BATCHNORM_SIZES = tuple(k * KI for k in (32, 48, 64, 80, 96, 112, 128, 192, 256))  # elements
+AFFINE_SIZES = tuple(k * MI for k in (1, 2, 4, 8))  # output elements
 AFFINE_WIDTH, AFFINE_OUTPUTS = 16, 1024  # D and M; the size sets N
 
-# Layer -> (the twin kernels it runs, widths D, sizes in bytes).
+# Layer -> (the twin kernels it runs, widths D, sizes in the kernels' unit).
 LAYERS: dict[str, tuple[tuple[TwinKernel, ...], tuple[int, ...], tuple[int, ...]]] = {
-    "relu_forward": ((_relu_forward,), (256,), STREAM_SIZES),
-    "relu_backward": ((_relu_backward,), (256,), STREAM_SIZES),
-    "batchnorm_forward": ((_batchnorm_stats, _batchnorm_normalize), (64, 256, 4096), STREAM_SIZES),
-    "batchnorm_backward": ((_batchnorm_backward,), (64, 256, 4096), STREAM_SIZES),
+    "relu_forward": ((_relu_forward,), (256,), RELU_SIZES),
+    "relu_backward": ((_relu_backward,), (256,), RELU_SIZES),
+    "batchnorm_forward": ((_batchnorm_stats, _batchnorm_normalize), (64, 256, 4096), BATCHNORM_SIZES),
+    "batchnorm_backward": ((_batchnorm_backward,), (64, 256, 4096), BATCHNORM_SIZES),
     "affine_forward": ((_affine_forward,), (AFFINE_WIDTH,), AFFINE_SIZES),
     "affine_backward": ((_affine_backward,), (AFFINE_WIDTH,), AFFINE_SIZES),
 }
 
 
 def shape_of(name: str, width: int, size: int, itemsize: int) -> tuple[int, ...]:
-    """The table's input shape for ``size`` bytes of the streamed array."""
+    """The table's input shape for a work of ``size`` in the unit of the layer's kernels."""
+    per_element = itemsize if LAYERS[name][0][0].unit == "bytes" else 1
     if name.startswith("affine"):
-        return size // (AFFINE_OUTPUTS * itemsize), width, AFFINE_OUTPUTS
-    return size // (width * itemsize), width
+        return size // (AFFINE_OUTPUTS * per_element), width, AFFINE_OUTPUTS
+    return size // (width * per_element), width
 
 
 def cases(names: list[str]) -> Iterator[tuple[str, int, int]]:
@@ -86,13 +90,32 @@ def cases(names: list[str]) -> Iterator[tuple[str, int, int]]:
                 yield name, width, size
 
 
+TWINS = tuple(kernel for kernels, _, _ in LAYERS.values() for kernel in kernels)
+EVERY_SIZE = 1 << 62
+
+
+@contextlib.contextmanager
+def thresholds_at(value: int) -> Iterator[None]:
+    """Every twin kernel's threshold set to ``value`` (0: always parallel;
+    EVERY_SIZE: always serial), restored after."""
+    saved = [kernel.threshold for kernel in TWINS]
+    try:
+        for kernel in TWINS:
+            kernel.threshold = value
+        yield
+    finally:
+        for kernel, threshold in zip(TWINS, saved):
+            kernel.threshold = threshold
+
+
 def time_paths(call: Callable[[], Any], repeats: int, budget: float) -> tuple[float, float, int]:
     """Median seconds of ``call`` on the serial and on the parallel twins, alternating, and the rounds taken."""
     samples: dict[str, list[float]] = {"serial": [], "parallel": []}
+    thresholds = {"serial": EVERY_SIZE, "parallel": 0}
     started = time.perf_counter()
     for round_ in range(repeats):
         for path, times in samples.items():
-            with forced_path(path):
+            with thresholds_at(thresholds[path]):
                 call()
                 t0 = time.perf_counter()
                 call()
@@ -113,8 +136,10 @@ def parallel_wins_from(rows: list[dict[str, Any]]) -> int | None:
     return wins_from
 
 
-def _label(size: int) -> str:
-    return f"{size // MIB} MiB" if size >= 4 * MIB else f"{size // KIB} KiB"
+def _label(size: int, unit: str) -> str:
+    """1 MiB or 1Mi elements as "1Mi", 1024 as "1Ki", with a "B" for bytes."""
+    scaled = f"{size // MI}Mi" if size % MI == 0 else f"{size // KI}Ki"
+    return scaled + ("B" if unit == "bytes" else "")
 
 
 def _single_part_mark(record: dict[str, Any]) -> str:
@@ -126,12 +151,14 @@ def format_table(records: list[dict[str, Any]]) -> str:
     keys = list(dict.fromkeys((r["dtype"], r["layer"], r["width"]) for r in records))
     for dtype, name, width in keys:
         rows = [r for r in records if (r["dtype"], r["layer"], r["width"]) == (dtype, name, width)]
-        thresholds = "/".join(_label(kernel.threshold) for kernel in LAYERS[name][0])
-        pairs = ", ".join(f"{_label(r['size'])}{_single_part_mark(r)}: "
+        kernels = LAYERS[name][0]
+        unit = kernels[0].unit
+        thresholds = "/".join(_label(kernel.threshold, unit) for kernel in kernels)
+        pairs = ", ".join(f"{_label(r['size'], unit)}{_single_part_mark(r)}: "
                           f"{1e6 * r['serial_s']:.1f}/{1e6 * r['parallel_s']:.1f}" for r in rows)
         wins = parallel_wins_from(rows)
         lines.append(f"{dtype} {name} D={width} (threshold {thresholds}), serial/parallel us: {pairs}; "
-                     f"parallel wins from {'never' if wins is None else _label(wins)}")
+                     f"parallel wins from {'never' if wins is None else _label(wins, unit)}")
     return "\n".join(lines)
 
 

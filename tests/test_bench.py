@@ -245,12 +245,15 @@ def test_thresholds_script_times_both_paths_and_finds_where_the_parallel_one_win
     records = json.loads(target.read_text())["records"]
     measured = {(r["layer"], r["width"], r["size"]) for r in records}
     assert measured == {(name, width, size) for name in ("relu_forward", "batchnorm_backward")
-                        for width in thresholds.LAYERS[name][1] for size in thresholds.STREAM_SIZES}
-    assert all(r["serial_s"] > 0 and r["parallel_s"] > 0 and 4 * r["shape"][0] * r["shape"][1] == r["size"] for r in records)
+                        for width in thresholds.LAYERS[name][1] for size in thresholds.LAYERS[name][2]}
+    itemsize = {"relu_forward": 4, "batchnorm_backward": 1}  # ReLU's sizes are bytes, batch norm's elements
+    assert all(r["serial_s"] > 0 and r["parallel_s"] > 0
+               and itemsize[r["layer"]] * r["shape"][0] * r["shape"][1] == r["size"] for r in records)
     lines = done.stdout.splitlines()
+    assert "float32 relu_forward D=256 (threshold 768KiB), serial/parallel us: 128KiB: " in lines[1]
     wide = next(line for line in lines if "batchnorm_backward D=4096" in line)
-    assert "(threshold 512 KiB)" in wide
-    assert "512 KiB*: " in wide and "1024 KiB: " in wide  # 32 rows of 4096 float32: one part; 64 rows: two
+    assert "(threshold 80Ki)" in wide
+    assert "128Ki*: " in wide and "256Ki: " in wide  # 32 rows of 4096: one part; 64 rows: two
     assert all("parallel wins from" in line for line in lines if "float32 " in line)
 
 

@@ -115,8 +115,8 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
     gradients = fl.batchnorm_backward(dout, cache)
     general = fl.batchnorm_backward(dout, general_cache, dx=np.empty_like(x))
     serial = path == "serial"
-    assert taken == ((["batchnorm_train_plain"] if serial and x.nbytes < NORMALIZE_THRESHOLD else [])
-                     + (["batchnorm_backward_plain"] if serial and x.nbytes < BACKWARD_THRESHOLD else []))
+    assert taken == ((["batchnorm_train_plain"] if serial and x.size < NORMALIZE_THRESHOLD else [])
+                     + (["batchnorm_backward_plain"] if serial and x.size < BACKWARD_THRESHOLD else []))
     assert cache.x is x and cache.gamma is gamma and cache.beta is beta
     assert bitwise_equal(out, general_out)
     for key in ("running_mean", "running_var"):
@@ -132,7 +132,7 @@ def test_batchnorm_with_a_single_row_part_keeps_its_reductions_serial(rng, monke
     they take the serial twins at any size, while the normalise (split into
     row tasks, not parts) goes parallel. 64 rows, two parts, of the same
     size take the parallel twins. Both sizes are above every threshold."""
-    assert 8 * shape[0] * shape[1] >= max(STATS_THRESHOLD, BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD)  # float64 bytes
+    assert shape[0] * shape[1] >= max(STATS_THRESHOLD, BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD)
     assert (n_row_parts(shape[0]) > 1) == parallel
     taken = []
     for kernel in (_batchnorm_stats, _batchnorm_normalize, _batchnorm_backward):
@@ -214,3 +214,10 @@ def test_unpickled_cache_gives_the_same_gradients(path, rng, shape, dtype, sandw
     assert bn_cache.x.dtype == dtype and bn_cache.x.dtype is not np.dtype(dtype)
     for got, want in zip(backward(dout, unpickled), backward(dout, cache), strict=True):
         assert bitwise_equal(got, want)
+
+
+def test_twin_rejects_an_unknown_unit():
+    from fastlayers._kernels._twins import twin
+
+    with pytest.raises(ValueError, match="unit"):
+        twin(1 << 16, unit="flops")(test_forced_path_rejects_unknown)

@@ -147,7 +147,7 @@ def small_plain_affine(x: Any, w: Any, b: Any) -> tuple[int, int, int] | None:
     their dtype, and the product small enough for the serial twin: the case
     the forward short entries take. Else None."""
     dims = _plain_matrices(x, w)
-    if dims is not None and _affine_forward.small(dims[0] * dims[2] * x.dtype.itemsize) and _is_plain(b, x.dtype, dims[2:]):
+    if dims is not None and _affine_forward.small(dims[0] * dims[2]) and _is_plain(b, x.dtype, dims[2:]):
         return dims
     return None
 
@@ -163,7 +163,7 @@ def small_plain_gradients(dout: Any, cache: Any, relu_kept: np.ndarray | None = 
         return None
     x, w = cache[0], cache[1]
     dims = _plain_matrices(x, w)
-    if dims is None or not _affine_backward.small(dims[0] * dims[2] * x.dtype.itemsize):
+    if dims is None or not _affine_backward.small(dims[0] * dims[2]):
         return None
     n, d, m = dims
     dtype = x.dtype
@@ -207,7 +207,7 @@ def affine_product(func: str, args: dict[str, Any], out: Any, relu: bool) -> tup
         (out,), _ = prepare_outputs(func, (("out", out, (n, m), args["dtype"]),),
                                     lambda: {name: args[name] for name in ("x", "w", "b")})
     mask = np.empty((n, m), dtype=np.bool_) if relu else NO_MASK_2D
-    _affine_forward(out.nbytes, blas_int_zero(), *args["operands"], mask, out)
+    _affine_forward(n * m, blas_int_zero(), *args["operands"], mask, out)
     return out, (ReluMask(mask) if relu else None)
 
 
@@ -306,12 +306,12 @@ def affine_gradients(func: str, dout: ArrayLike, cache: Any, relu_mask: ReluMask
         kept = relu_mask.mask
     (x_op, x_is_t), (w_op, w_is_t) = plan["x"], plan["w"]
     dout_c, dx = np.ascontiguousarray(douta, dtype=dtype), plan["dx"].reshape(n, d)
-    if not (x_is_t or w_is_t) and _affine_backward.small(dout_c.nbytes):
+    if not (x_is_t or w_is_t) and _affine_backward.small(n * m):
         affine_gradients_plain(blas_int_zero(), dout_c, kept, x_op, w_op, dx, plan["dw"], plan["db"])
     else:
         dpre = np.empty((n, m) if relu_mask is not None else (0, 0), dtype=dtype)
-        _affine_backward(dout_c.nbytes, blas_int_zero(), dout_c, kept, x_op, x_is_t, w_op, w_is_t, n_row_parts(n),
-                         dpre, dx, plan["dw"], plan["db"])
+        _affine_backward(n * m, blas_int_zero(), dout_c, kept, x_op, x_is_t, w_op, w_is_t, n_row_parts(n), dpre,
+                         dx, plan["dw"], plan["db"])
     return plan["dx"], plan["dw"], plan["db"]
 
 
@@ -581,13 +581,13 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         momentum = args["momentum"]
         if comm is None:
             n_total = n
-            _batchnorm_stats(parted_work(x_c), x_c, n_row_parts(n), center, var, momentum,
+            _batchnorm_stats(parted_work(n, d), x_c, n_row_parts(n), center, var, momentum,
                              running_mean, running_var, new_mean, new_var)
         else:
             counts = global_rows(func, comm, n, d, xa.dtype)
             n_total = int(counts.sum())
             if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(parted_work(x_c), x_c, n_row_parts(n), center, var, momentum,
+                _batchnorm_stats(parted_work(n, d), x_c, n_row_parts(n), center, var, momentum,
                                  running_mean, running_var, new_mean[:0], new_var[:0])
             merge_statistics(comm, counts, center, var)
             update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
@@ -597,7 +597,7 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         center = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
     relu_like = np.empty(0, dtype=out.dtype) if relu else None
-    _batchnorm_normalize(x_c.nbytes, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
+    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
     if train:
         bn_param["running_mean"] = running_mean
         bn_param["running_var"] = running_var
@@ -611,8 +611,8 @@ def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
                        shape: tuple[int, int]) -> tuple[float, float, Any, Any] | None:
     """(eps, momentum, running_mean, running_var) if a train-mode batch norm
     of a plain C-contiguous (N, D) array of ``dtype`` (one of NumPy's own
-    float dtypes) is the common small case, else None: N >= 1 and small
-    enough for the serial twins; bn_param a dict in train mode
+    float dtypes) is the common small case, else None: N >= 1 and few
+    enough elements for the serial twins; bn_param a dict in train mode
     with float eps and momentum (or none) and running statistics of that
     dtype; gamma and beta (D,) arrays of it. That case skips the general
     checks and runs both passes in one kernel call
@@ -622,7 +622,7 @@ def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
     """
     n, d = shape
     # The statistics and the normalise share their threshold: one test for both.
-    if type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d * dtype.itemsize):
+    if type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d):
         return None
     mode, eps, momentum = bn_param.get("mode"), bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
     if type(mode) is not str or mode != "train" or type(eps) is not float or type(momentum) is not float:
@@ -755,7 +755,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
     outputs = (n_parts, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     sums = np.empty((2, d))
-    work = parted_work(dout_c)
+    work = parted_work(n, d)
     if cache.comm is None:
         _batchnorm_backward(work, dout_c, *saved, sums, True, True, *outputs)
     else:  # this rank's reductions, summed over the ranks, then dx
@@ -810,7 +810,7 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache, *, dx: Any = None
     # As in batchnorm_forward: the common small case skips the general
     # checks (a plain dout of x's shape and of the cache's one dtype).
     if (dx is None and dgamma is None and dbeta is None and cache.comm is None and cache.dtype is dtype
-            and _batchnorm_backward.small(x.nbytes) and _is_plain(dout, dtype, x.shape)):
+            and _batchnorm_backward.small(x.size) and _is_plain(dout, dtype, x.shape)):
         n, d = x.shape
         dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype)
         batchnorm_backward_plain(dout, x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps,

@@ -53,15 +53,19 @@ class TwinKernel:
 
     ``threshold`` is the work from which the parallel twin wins on the
     machine we measured; below it a thread launch costs more than it saves.
-    Work is counted in bytes of the array the kernel streams (its input;
-    the affine layer's output): float32 and float64 passes cross over at
-    about the same number of bytes, not of elements (BENCHMARKS.md,
-    session 14).
+    Work is counted in ``unit``: "bytes" of the array the kernel streams
+    for the ReLU passes, which are bound by memory, so that float32 and
+    float64 cross over at the same bytes; "elements" where the arithmetic
+    per element is float64 whatever the dtype (batch norm) or the work is
+    a product's (the affine layer). BENCHMARKS.md, session 14.
     """
 
-    def __init__(self, body: types.FunctionType, threshold: int) -> None:
+    def __init__(self, body: types.FunctionType, threshold: int, unit: str) -> None:
+        if unit not in ("bytes", "elements"):
+            raise ValueError(f"unit must be 'bytes' or 'elements', got {unit!r}")
         self.name = body.__name__.lstrip("_")
         self.threshold = threshold
+        self.unit = unit
         # error_model="numpy": IEEE division (x/0 gives Inf or NaN like NumPy)
         # instead of Python's ZeroDivisionError, and no checks in the loops.
         # numba's cache keys on the body's source file, not on these options:
@@ -71,7 +75,7 @@ class TwinKernel:
         self.parallel = numba.njit(parallel=True, **options)(_renamed_copy(body, "_parallel"))
 
     def __call__(self, work: int, *args: Any) -> Any:
-        """Run the twin that ``work`` (bytes streamed) calls for, or the forced one."""
+        """Run the twin that ``work`` (in ``unit``) calls for, or the forced one."""
         path = _forced_path
         if path is None:
             if work < self.threshold:  # tested first: small calls pay for one comparison only
@@ -132,11 +136,11 @@ def run_parallel(kernel: Callable[..., Any], *args: Any) -> Any:
         set_chunk_size(callers)
 
 
-def twin(threshold: int) -> Callable[[types.FunctionType], TwinKernel]:
+def twin(threshold: int, unit: str = "elements") -> Callable[[types.FunctionType], TwinKernel]:
     """Decorator: ``@twin(threshold)`` over a body that uses ``prange``."""
 
     def wrap(body: types.FunctionType) -> TwinKernel:
-        return TwinKernel(body, threshold)
+        return TwinKernel(body, threshold, unit)
 
     return wrap
 
@@ -160,14 +164,14 @@ def n_row_parts(n_rows: int) -> int:
     return max(1, min(16, n_rows // 32))
 
 
-def parted_work(x: np.ndarray) -> int:
-    """The work by which a kernel whose passes over the (N, D) array x are
-    split into row parts (the batch-norm statistics and backward) picks its
-    twin: x's bytes, or 0 when its rows make a single part. Then the
-    parallel twin runs its whole loop on one thread after a launch, and
-    loses at any width (32x4096, serial / parallel us: backward float32
-    84.9/102.4, float64 211.4/237.7; BENCHMARKS.md, session 14)."""
-    return x.nbytes if n_row_parts(x.shape[0]) > 1 else 0
+def parted_work(n_rows: int, n_features: int) -> int:
+    """The work by which a kernel whose passes are split into row parts (the
+    batch-norm statistics and backward) picks its twin: its elements, or 0
+    when the rows make a single part. Then the parallel twin runs its whole
+    loop on one thread after a launch, and loses at any width (32x4096,
+    serial / parallel us: backward float32 84.9/102.4, float64 211.4/237.7;
+    BENCHMARKS.md, session 14)."""
+    return n_rows * n_features if n_row_parts(n_rows) > 1 else 0
 
 
 # Per-part buffers: a kernel's per-part partials are allocated with

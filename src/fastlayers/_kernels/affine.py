@@ -28,8 +28,7 @@ from .relu import passes
 # over (N, M); gemm threads itself. Next to the gemm those passes are small,
 # and a parallel pass right after a gemm shares the cores with OpenBLAS's
 # threads, which keep spinning after the call (BENCHMARKS.md, session 5),
-# so the parallel twin did not win below 2^22 output elements (float64: 32
-# MiB, the threshold in bytes of the output, as every twin's). Measured
+# so the parallel twin did not win below 2^22 output elements. Measured
 # (float64, 2 cores, tbb, median of 21, each call after an untimed one;
 # serial/parallel us, forward / with the ReLU / backward / with the ReLU):
 # D = 64, M = 64, 2^16: 101/106, 110/116, 229/236, 312/319;
@@ -38,7 +37,7 @@ from .relu import passes
 # 2^20: 697/707, 858/868, 1243/1306, 1776/1809; 2^21: 1605/1578,
 # 1914/1981, 3349/3405, 4370/4633; 2^22: 4220/4263, 5918/5980, 8673/8168,
 # 20961/20468; 2^23: 8653/9014, 12680/12905, 17291/17182, 34931/35684.
-AFFINE_THRESHOLD = 1 << 25
+AFFINE_THRESHOLD = 1 << 22
 
 # Up to this many multiply-adds (N*D*M) the bias is added after a gemm with
 # beta = 0 instead of being filled in before one with beta = 1: OpenBLAS's

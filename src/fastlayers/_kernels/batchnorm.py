@@ -27,27 +27,36 @@ from ._twins import (
 )
 from .relu import passes
 
-# Where the parallel twins start to win, in bytes of x (see TwinKernel).
-# Measured on the 2-core machine that runs the bench: the public functions
-# with fresh outputs, each forced onto one path (tbb; scripts/thresholds.py,
-# median of 41; serial/parallel us at 384, 512, 640 and 768 KiB):
-#   forward, D = 64: float32 47.0/48.6, 65.2/54.2, 77.0/59.6, 97.4/66.9;
-#     float64 22.2/32.8, 34.3/35.2, 42.0/37.6, 56.7/42.4; D = 256: float32
-#     46.0/52.3, 63.7/57.5, 77.6/63.8, 92.1/67.6; float64 20.2/33.1,
-#     32.0/38.4, 39.6/38.9, 55.9/44.3;
-#   backward, D = 64: float32 57.9/50.9, 86.0/60.9, 113.7/72.1, 143.0/81.3;
-#     float64 39.0/40.9, 70.9/57.8, 98.0/63.3, 148.5/83.4; D = 256: float32
-#     54.2/50.7, 78.1/60.2, 104.6/69.5, 129.1/79.6; float64 34.2/41.9,
-#     59.3/48.0, 76.9/52.7, 121.8/60.0.
+# Where the parallel twins start to win, in elements of x: the arithmetic is
+# float64 whatever x's dtype, so float32 and float64 cross over nearer the
+# same element counts than the same bytes. Measured on the 2-core machine
+# that runs the bench: the public functions with fresh outputs, every
+# threshold set above any size (serial, short entries included) or to 0
+# (tbb; scripts/thresholds.py, median of 41, two runs; serial / parallel us
+# at 64, 80, 96, 112 and 128 Ki elements, run 1):
+#   forward, D = 64: float32 30.2/40.4, 36.6/42.8, 45.2/49.2, 50.1/49.5,
+#     57.6/51.3; float64 29.9/35.5, 37.6/39.7, 52.1/43.1, 71.5/49.8,
+#     100.1/56.4; D = 256: float32 29.4/43.0, 35.5/46.2, 42.0/53.5,
+#     51.5/54.2, 53.6/56.3; float64 29.4/42.9, 40.8/44.8, 50.0/46.0,
+#     66.8/50.8, 79.5/53.5 (run 2 alike). From 96 to 128 Ki float32 loses
+#     up to 12 us in parallel, where float64 gains 4-44 us;
+#   backward, D = 64: float32 41.5/47.4, 50.7/50.2, 61.5/56.3, 72.6/61.2,
+#     101.1/74.7; float64 48.0/41.8, 63.5/48.1, 91.2/56.3, 118.7/60.0,
+#     148.4/70.6; D = 256: float32 35.9/45.7, 43.8/48.4, 53.3/52.1,
+#     59.5/58.5, 77.9/70.8; float64 44.8/42.7, 64.2/49.1, 91.9/54.8,
+#     115.4/60.6, 150.7/72.4 (run 2 alike). At 64 Ki float32 would lose
+#     2-27% in parallel where float64 loses 5-17% serial; at 80 Ki float32
+#     is within 10% either way and float64 runs 1.3-1.4x faster parallel.
 # The statistics and the normalise share a threshold, so that both passes
 # over x run on the same cores: with the statistics serial and the normalise
 # parallel, a 512x256 float64 forward took 57-74 us (median 66.3 over six
 # processes) against 61-67 us (62.7) with both parallel. With fewer than 64
 # rows (a single row part) the statistics and the backward stay serial
-# whatever the size: ``parted_work`` in _twins.py.
-STATS_THRESHOLD = 1 << 19
-NORMALIZE_THRESHOLD = 1 << 19
-BACKWARD_THRESHOLD = 1 << 19
+# whatever the size: ``parted_work`` in _twins.py. (Sessions 5-12 set them
+# at 2^17, 2^16 and 2^17 elements on an AMD EPYC.)
+STATS_THRESHOLD = 3 << 15
+NORMALIZE_THRESHOLD = 3 << 15
+BACKWARD_THRESHOLD = 5 << 14
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
 # arrays) outgrow L1; narrower rows go row by row. Measured (normalise,

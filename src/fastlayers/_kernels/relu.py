@@ -20,15 +20,16 @@ from numba.extending import overload
 from ._twins import twin
 
 # Where the parallel twins start to win, in bytes of x (dout for the
-# backward), at which float32 and float64 cross over alike. Measured on the
-# 2-core machine that runs the bench: the public functions with fresh
-# outputs, each forced onto one twin (tbb; scripts/thresholds.py, median of
-# 41; serial/parallel us at 384, 512, 640 and 768 KiB): forward float32
-# 8.9/12.3, 11.7/14.6, 14.7/15.3, 22.3/17.4; float64 8.6/11.9, 11.6/14.1,
-# 14.7/15.3, 20.2/16.9; backward (which also reads x) float32 13.3/14.4,
-# 20.8/16.4, 33.7/18.8, 58.2/25.5; float64 12.4/14.9, 21.0/18.0,
-# 36.7/18.4, 51.1/21.5. (The AMD EPYC of sessions 5-12 won from 512 KiB:
-# the forward's kernel at 2^16 float64 elements, 15.5/12.0 us.)
+# backward): the passes are bound by memory, and float32 and float64 cross
+# over at the same bytes. Measured on the 2-core machine that runs the
+# bench: the public functions with fresh outputs, every threshold set above
+# any size (serial, short entries included) or to 0 (tbb;
+# scripts/thresholds.py, median of 41, two runs; serial/parallel us at 384,
+# 512, 640 and 768 KiB, run 1): forward float32 8.5/12.0, 11.1/13.3,
+# 14.5/15.1, 22.2/19.6; float64 8.4/13.2, 11.1/13.2, 15.1/15.7, 20.6/17.4;
+# backward (which also reads x) float32 12.9/14.9, 18.9/17.1, 30.3/21.1,
+# 45.9/23.5; float64 12.1/15.2, 19.4/17.1, 34.3/20.0, 45.2/20.6 (run 2
+# alike). (Sessions 5-12, on an AMD EPYC: 2^16 elements for both.)
 RELU_FORWARD_THRESHOLD = 3 << 18
 RELU_BACKWARD_THRESHOLD = 1 << 19
 
@@ -47,7 +48,7 @@ def _passes_overload(kept):
     return lambda kept: kept >= 0
 
 
-@twin(RELU_FORWARD_THRESHOLD)
+@twin(RELU_FORWARD_THRESHOLD, unit="bytes")
 def _relu_forward(x, out, mask):
     """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
     not empty (the cache of an in-place forward, whose x is overwritten)."""
@@ -63,7 +64,7 @@ def _relu_forward(x, out, mask):
             out[i] = zero if value < zero else value
 
 
-@twin(RELU_BACKWARD_THRESHOLD)
+@twin(RELU_BACKWARD_THRESHOLD, unit="bytes")
 def _relu_backward(dout, kept, dx):
     """dx = dout * passes(kept): kept is the forward's x, or its boolean mask."""
     one = dx.dtype.type(1)

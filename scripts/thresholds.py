@@ -7,10 +7,10 @@ arguments from the table that drives the tests and the bench; fresh
 outputs) with every kernel's threshold set above any size, so that it
 runs its serial twin (through the short entries where a layer has them),
 then set to 0, so that it runs its parallel twin, over a range of sizes,
-and prints each pair beside the threshold of the layer's kernels. Sizes are counted as the kernels'
-thresholds count them (``TwinKernel.unit``): bytes of x (dout for the
-backward) for ReLU, elements of x for batch norm, of the output for the
-affine layer.
+and prints each pair beside the threshold of the layer's kernels. Sizes
+are counted as the kernels' thresholds count them (``TwinKernel.unit``):
+bytes of x (dout for the backward) for ReLU, elements of x for batch
+norm, of the output for the affine layer.
 
 - ReLU: D = 256 (the width does not matter to an elementwise pass);
 - batch norm: D = 64, 256 and 4096;

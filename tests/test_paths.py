@@ -219,5 +219,8 @@ def test_unpickled_cache_gives_the_same_gradients(path, rng, shape, dtype, sandw
 def test_twin_rejects_an_unknown_unit():
     from fastlayers._kernels._twins import twin
 
+    def body(x):
+        return x
+
     with pytest.raises(ValueError, match="unit"):
-        twin(1 << 16, unit="flops")(test_forced_path_rejects_unknown)
+        twin(1 << 16, unit="flops")(body)

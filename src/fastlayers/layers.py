@@ -579,15 +579,16 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         new_mean = np.empty(d, np.result_type(running_mean, xa))
         new_var = np.empty(d, np.result_type(running_var, xa))
         momentum = args["momentum"]
+        n_parts = n_row_parts(n)
         if comm is None:
             n_total = n
-            _batchnorm_stats(parted_work(n, d), x_c, n_row_parts(n), center, var, momentum,
+            _batchnorm_stats(parted_work(n_parts, n * d), x_c, n_parts, center, var, momentum,
                              running_mean, running_var, new_mean, new_var)
         else:
             counts = global_rows(func, comm, n, d, xa.dtype)
             n_total = int(counts.sum())
             if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(parted_work(n, d), x_c, n_row_parts(n), center, var, momentum,
+                _batchnorm_stats(parted_work(n_parts, n * d), x_c, n_parts, center, var, momentum,
                                  running_mean, running_var, new_mean[:0], new_var[:0])
             merge_statistics(comm, counts, center, var)
             update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
@@ -755,7 +756,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
     outputs = (n_parts, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     sums = np.empty((2, d))
-    work = parted_work(n, d)
+    work = parted_work(n_parts, n * d)
     if cache.comm is None:
         _batchnorm_backward(work, dout_c, *saved, sums, True, True, *outputs)
     else:  # this rank's reductions, summed over the ranks, then dx

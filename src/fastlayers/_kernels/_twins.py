@@ -164,14 +164,15 @@ def n_row_parts(n_rows: int) -> int:
     return max(1, min(16, n_rows // 32))
 
 
-def parted_work(n_rows: int, n_features: int) -> int:
-    """The work by which a kernel whose passes are split into row parts (the
-    batch-norm statistics and backward) picks its twin: its elements, or 0
-    when the rows make a single part. Then the parallel twin runs its whole
-    loop on one thread after a launch, and loses at any width (32x4096,
-    serial / parallel us: backward float32 84.9/102.4, float64 211.4/237.7;
-    BENCHMARKS.md, session 14)."""
-    return n_rows * n_features if n_row_parts(n_rows) > 1 else 0
+def parted_work(n_parts: int, n_elements: int) -> int:
+    """The work by which a kernel whose passes are split into ``n_parts`` row
+    parts (``n_row_parts``; the batch-norm statistics and backward) picks
+    its twin: its elements, or 0 for a single part. Then the parallel twin
+    runs its whole loop on one thread after a launch, and loses at any width
+    (32x4096, serial / parallel us: backward float32 84.9/102.4, float64
+    211.4/237.7; BENCHMARKS.md, session 14). The caller passes the part
+    count it gives the kernel, rather than have it counted again here."""
+    return n_elements if n_parts > 1 else 0
 
 
 # Per-part buffers: a kernel's per-part partials are allocated with

@@ -11,10 +11,10 @@ large L3? It times, at each thread count and into preallocated outputs:
   (parallel twins, the reductions over the shape's row parts, 16 from
   512 rows on, and over 64 parts for comparison);
 - the same statistics and reductions with each row part split further by
-  columns into tasks (``SPLITS`` per part). Each column is still summed
-  over the same rows in the same order, so the bits are the package's
-  (checked here before timing); only the number of tasks that the threads
-  share changes;
+  columns into tasks (``SPLITS`` per part; the package splits a single
+  part only). Each column is still summed over the same rows in the same
+  order, so the bits are the package's (checked here before timing); only
+  the number of tasks that the threads share changes;
 - some of these with numba's parallel chunk size set (``_chunk<size>``):
   the kernels are called directly, not through the twins' dispatch, which
   runs them at numba's default chunk size whatever the caller set;
@@ -45,18 +45,19 @@ from numba import prange
 import fastlayers
 from fastlayers import set_num_threads, threading_layer
 from fastlayers._kernels._twins import (
+    merge_in_parallel,
     n_column_chunks,
     n_row_parts,
-    part_bounds,
     sum_parts_chunk,
+    task_bounds,
 )
 from fastlayers._kernels.batchnorm import (
+    _add_gradient_sums,
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
-    _chan_update,
-    _chan_weights,
     _merge_moments_chunk,
+    _part_moments,
 )
 from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers.bench import _cpu_model, _parallel_copy
@@ -64,92 +65,47 @@ from fastlayers.bench import _cpu_model, _parallel_copy
 SPLITS = (2, 4, 8)
 
 
-@numba.njit(error_model="numpy", fastmath={"contract"})  # as _part_moments: the same bits
-def _part_moments_columns(mean, m2, x, start, stop, first, last):
-    """``_part_moments`` over columns [first, last) of x into mean and m2 (as
-    wide as that range; whole eight-row blocks: the parts here have them).
-    Rows are taken as C-contiguous slices and walked from 0: numba then
-    knows each index is not negative and LLVM vectorises the loop (an
-    index running from ``first`` kept a wraparound test per access and ran
-    3-4x slower)."""
-    mean[:] = 0.0
-    m2[:] = 0.0
-    count = 0
-    i = start
-    while i + 8 <= stop:
-        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
-        r4, r5, r6, r7 = x[i + 4, first:last], x[i + 5, first:last], x[i + 6, first:last], x[i + 7, first:last]
-        total, weight, cross = _chan_weights(count, 8)
-        for j in range(mean.size):
-            a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
-            a4, a5, a6, a7 = np.float64(r4[j]), np.float64(r5[j]), np.float64(r6[j]), np.float64(r7[j])
-            block_mean = (((((((a0 + a1) + a2) + a3) + a4) + a5) + a6) + a7) * 0.125
-            d0, d1, d2, d3 = a0 - block_mean, a1 - block_mean, a2 - block_mean, a3 - block_mean
-            d4, d5, d6, d7 = a4 - block_mean, a5 - block_mean, a6 - block_mean, a7 - block_mean
-            block_m2 = ((((((d0 * d0 + d1 * d1) + d2 * d2) + d3 * d3) + d4 * d4) + d5 * d5) + d6 * d6) + d7 * d7
-            _chan_update(mean, m2, j, block_mean, block_m2, weight, cross)
-        count = total
-        i += 8
-
-
-@numba.njit(inline="always")
-def _task_bounds(task, splits, n_rows, n_parts, n_features):
-    """Task ``task`` of n_parts x splits: its row part, that part's rows
-    [start, stop) and its columns [first, last) of the part's ``splits``."""
-    part = task // splits
-    start, stop = part_bounds(n_rows, n_parts, part)
-    first, last = part_bounds(n_features, splits, task - part * splits)
-    return part, start, stop, first, last
-
-
 @numba.njit(parallel=True, error_model="numpy")
 def stats_split(x, n_parts, splits, mean, var):
-    """``_batchnorm_stats`` (without the running update) over n_parts x splits tasks."""
+    """``_batchnorm_stats`` (without the running update) over n_parts x
+    splits tasks: every row part split into ``splits`` column ranges, where
+    the package splits a single part only (``n_column_splits``)."""
     n_rows, n_features = x.shape
     part_mean = np.empty((n_parts, n_features))
     part_m2 = np.empty((n_parts, n_features))
     for task in prange(n_parts * splits):
-        part, start, stop, first, last = _task_bounds(task, splits, n_rows, n_parts, n_features)
-        _part_moments_columns(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first,
-                              last)
-    for chunk in prange(n_column_chunks(n_features)):  # the package's merge, in parallel as it was
-        _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
-
-
-@numba.njit(error_model="numpy")
-def _gradient_sums_columns(sum_g, sum_g_dev, dout, x, mean, start, stop, first, last):
-    """``_add_gradient_sums`` without a ReLU, over columns [first, last) into
-    sum_g and sum_g_dev (as wide as that range; whole four-row sweeps),
-    rows as slices walked from 0 (see ``_part_moments_columns``)."""
-    sum_g[:] = 0.0
-    sum_g_dev[:] = 0.0
-    center = mean[first:last]
-    i = start
-    while i + 4 <= stop:
-        g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
-        x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
-        for j in range(sum_g.size):
-            m = center[j]
-            a0, a1, a2, a3 = np.float64(g0[j]), np.float64(g1[j]), np.float64(g2[j]), np.float64(g3[j])
-            sum_g[j] = (((sum_g[j] + a0) + a1) + a2) + a3
-            sum_g_dev[j] = (((sum_g_dev[j] + a0 * (x0[j] - m)) + a1 * (x1[j] - m)) + a2 * (x2[j] - m)) + a3 * (
-                x3[j] - m)
-        i += 4
+        part, start, stop, first, last = task_bounds(task, splits, n_rows, n_parts, n_features)
+        _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
+    if merge_in_parallel(n_parts, n_features):  # the package's merge, as the package runs it
+        for chunk in prange(n_column_chunks(n_features)):
+            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
+    else:
+        for chunk in range(n_column_chunks(n_features)):
+            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
 
 
 @numba.njit(parallel=True, error_model="numpy")
 def reduce_split(dout, x, mean, n_parts, splits, sums):
-    """The backward's reduce phase (no ReLU) over n_parts x splits tasks."""
+    """The backward's reduce phase (no ReLU) over n_parts x splits tasks, as ``stats_split``."""
     n_rows, n_features = x.shape
     part_dout = np.empty((n_parts, n_features))
     part_dout_xmu = np.empty((n_parts, n_features))
+    no_relu_coefficients = np.empty(0)
     for task in prange(n_parts * splits):
-        part, start, stop, first, last = _task_bounds(task, splits, n_rows, n_parts, n_features)
-        _gradient_sums_columns(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean,
-                               start, stop, first, last)
-    for chunk in prange(n_column_chunks(n_features)):
-        sum_parts_chunk(part_dout, sums[0], chunk)
-        sum_parts_chunk(part_dout_xmu, sums[1], chunk)
+        part, start, stop, first, last = task_bounds(task, splits, n_rows, n_parts, n_features)
+        task_dout, task_dout_xmu = part_dout[part, first:last], part_dout_xmu[part, first:last]
+        task_dout[:] = 0.0
+        task_dout_xmu[:] = 0.0
+        _add_gradient_sums(task_dout, task_dout_xmu, dout, x, mean, no_relu_coefficients, no_relu_coefficients,
+                           None, start, stop, first, last)
+    if merge_in_parallel(n_parts, n_features):
+        for chunk in prange(n_column_chunks(n_features)):
+            sum_parts_chunk(part_dout, sums[0], chunk)
+            sum_parts_chunk(part_dout_xmu, sums[1], chunk)
+    else:
+        for chunk in range(n_column_chunks(n_features)):
+            sum_parts_chunk(part_dout, sums[0], chunk)
+            sum_parts_chunk(part_dout_xmu, sums[1], chunk)
 
 
 @numba.njit(parallel=True)

@@ -22,9 +22,8 @@ untimed call of itself; each figure is the median of ``--repeat`` rounds.
 The first calls compile the kernels (or load them from the cache), outside
 every figure. "wins from" is the smallest size measured from which the
 parallel path was faster at every larger size of that width. A size marked
-* leaves batch norm a single row part: the package runs its statistics and
-backward on the serial twin whatever the size (``parted_work``), the
-parallel figure is what it would cost otherwise.
+* leaves batch norm a single row part, whose columns the parallel
+statistics and backward split between the threads (``n_column_splits``).
 
     PYTHONPATH=src python scripts/thresholds.py [--threads 2] [--repeat 21] [--json F]
 """
@@ -153,7 +152,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
         rows = [r for r in records if (r["dtype"], r["layer"], r["width"]) == (dtype, name, width)]
         kernels = LAYERS[name][0]
         unit = kernels[0].unit
-        thresholds = "/".join(_label(kernel.threshold, unit) for kernel in kernels)
+        itemsize = np.dtype(dtype).itemsize
+        thresholds = "/".join(_label(kernel.threshold_for(itemsize), unit) for kernel in kernels)
         pairs = ", ".join(f"{_label(r['size'], unit)}{_single_part_mark(r)}: "
                           f"{1e6 * r['serial_s']:.1f}/{1e6 * r['parallel_s']:.1f}" for r in rows)
         wins = parallel_wins_from(rows)

@@ -10,7 +10,14 @@ import pytest
 import fastlayers as fl
 from fastlayers import layers, sandwiches
 from fastlayers._kernels import _twins
-from fastlayers._kernels._twins import SERIAL_MERGE_MAX, forced_path, n_row_parts
+from fastlayers._kernels._twins import (
+    SERIAL_MERGE_MAX,
+    SPLIT_MIN_COLUMNS,
+    forced_path,
+    n_column_splits,
+    n_row_parts,
+    parted_work,
+)
 from fastlayers._kernels.batchnorm import (
     BACKWARD_THRESHOLD,
     NORMALIZE_THRESHOLD,
@@ -114,9 +121,9 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
     general_out, general_cache = fl.batchnorm_forward(x, gamma, beta, general_params, out=np.empty_like(x))
     gradients = fl.batchnorm_backward(dout, cache)
     general = fl.batchnorm_backward(dout, general_cache, dx=np.empty_like(x))
-    serial = path == "serial"
-    assert taken == ((["batchnorm_train_plain"] if serial and x.size < NORMALIZE_THRESHOLD else [])
-                     + (["batchnorm_backward_plain"] if serial and x.size < BACKWARD_THRESHOLD else []))
+    serial, itemsize = path == "serial", x.dtype.itemsize
+    assert taken == ((["batchnorm_train_plain"] if serial and x.size < NORMALIZE_THRESHOLD[itemsize] else [])
+                     + (["batchnorm_backward_plain"] if serial and x.size < BACKWARD_THRESHOLD[itemsize] else []))
     assert cache.x is x and cache.gamma is gamma and cache.beta is beta
     assert bitwise_equal(out, general_out)
     for key in ("running_mean", "running_var"):
@@ -125,15 +132,18 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
         assert bitwise_equal(shortcut, expected), name
 
 
-@pytest.mark.parametrize("shape, parallel", [((32, 8192), False), ((64, 4096), True)])
-def test_batchnorm_with_a_single_row_part_keeps_its_reductions_serial(rng, monkeypatch, shape, parallel):
-    """Fewer than 64 rows make one row part, which the statistics' and the
-    backward's parallel twins would run on a single thread after a launch:
-    they take the serial twins at any size, while the normalise (split into
-    row tasks, not parts) goes parallel. 64 rows, two parts, of the same
-    size take the parallel twins. Both sizes are above every threshold."""
-    assert shape[0] * shape[1] >= max(STATS_THRESHOLD, BACKWARD_THRESHOLD, NORMALIZE_THRESHOLD)
-    assert (n_row_parts(shape[0]) > 1) == parallel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, n_parts, n_splits", [((32, 8192), 1, 16), ((40, 4200), 1, 8), ((64, 4096), 2, 1)])
+def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, n_parts, n_splits, dtype):
+    """Fewer than 64 rows make one row part, which a loop over the parts
+    would run on one thread: its columns are split into ranges of at least
+    512 instead, so the statistics' and the backward's parallel twins run
+    above their thresholds, and give the serial twins' bits. Several parts
+    are not split. All shapes are above every threshold."""
+    itemsize = np.dtype(dtype).itemsize
+    thresholds = (STATS_THRESHOLD[itemsize], BACKWARD_THRESHOLD[itemsize], NORMALIZE_THRESHOLD[itemsize])
+    assert shape[0] * shape[1] >= max(thresholds)
+    assert (n_row_parts(shape[0]), n_column_splits(n_row_parts(shape[0]), shape[1])) == (n_parts, n_splits)
     taken = []
     for kernel in (_batchnorm_stats, _batchnorm_normalize, _batchnorm_backward):
         for twin in ("serial", "parallel"):
@@ -142,12 +152,47 @@ def test_batchnorm_with_a_single_row_part_keeps_its_reductions_serial(rng, monke
                 taken.append(name), entry(*args))[1])
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
-    x = rng.standard_normal(shape)
-    _, cache = fl.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]), {"mode": "train"})
-    fl.batchnorm_backward(x, cache)
-    reductions = "parallel" if parallel else "serial"
-    assert taken == [f"batchnorm_stats {reductions}", "batchnorm_normalize parallel",
-                     f"batchnorm_backward {reductions}"]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    gradients = fl.batchnorm_backward(dout, cache)
+    assert taken == ["batchnorm_stats parallel", "batchnorm_normalize parallel", "batchnorm_backward parallel"]
+    with forced_path("serial"):
+        serial_out, serial_cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        serial_gradients = fl.batchnorm_backward(dout, serial_cache)
+    for name, value, expected in zip(("out", "mean", "var", "dx", "dgamma", "dbeta"),
+                                     (out, cache.mean, cache.var, *gradients),
+                                     (serial_out, serial_cache.mean, serial_cache.var, *serial_gradients)):
+        assert bitwise_equal(value, expected), name
+
+
+def test_a_single_task_takes_the_serial_twin():
+    """A single row part too narrow to split is one task, which the
+    parallel twin would run on one thread after a launch: ``parted_work``
+    counts it as no work, so it stays under every threshold."""
+    assert n_column_splits(1, 2 * SPLIT_MIN_COLUMNS - 1) == 1
+    assert parted_work(1, 2 * SPLIT_MIN_COLUMNS - 1, 10**9) == 0
+    assert parted_work(1, 2 * SPLIT_MIN_COLUMNS, 10**9) == 10**9
+    assert parted_work(2, 10, 10**9) == 10**9
+
+
+def test_twin_thresholds_by_itemsize(monkeypatch):
+    """A kernel with a threshold per itemsize picks it by its first
+    argument's dtype; a malformed one is refused."""
+    taken = []
+    kernel = _batchnorm_normalize
+    for twin in ("serial", "parallel"):
+        monkeypatch.setattr(kernel, twin, lambda *args, twin=twin: taken.append(twin))
+    monkeypatch.setattr(kernel, "threshold", {4: 100, 8: 50})
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    for dtype in (np.float32, np.float64):
+        kernel(75, np.empty(1, dtype))
+    assert taken == ["serial", "parallel"]
+    assert kernel.small(75, 4) and not kernel.small(75, 8)
+    with pytest.raises(ValueError, match="itemsizes 4 and 8"):
+        _twins.TwinKernel(lambda x: x, {8: 1}, "elements")
 
 
 def test_small_sandwiches_take_the_short_entries(rng, monkeypatch):

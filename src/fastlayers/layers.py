@@ -582,13 +582,13 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         n_parts = n_row_parts(n)
         if comm is None:
             n_total = n
-            _batchnorm_stats(parted_work(n_parts, n * d), x_c, n_parts, center, var, momentum,
+            _batchnorm_stats(parted_work(n_parts, d, n * d), x_c, n_parts, center, var, momentum,
                              running_mean, running_var, new_mean, new_var)
         else:
             counts = global_rows(func, comm, n, d, xa.dtype)
             n_total = int(counts.sum())
             if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(parted_work(n_parts, n * d), x_c, n_parts, center, var, momentum,
+                _batchnorm_stats(parted_work(n_parts, d, n * d), x_c, n_parts, center, var, momentum,
                                  running_mean, running_var, new_mean[:0], new_var[:0])
             merge_statistics(comm, counts, center, var)
             update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
@@ -623,7 +623,7 @@ def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
     """
     n, d = shape
     # The statistics and the normalise share their threshold: one test for both.
-    if type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d):
+    if type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d, dtype.itemsize):
         return None
     mode, eps, momentum = bn_param.get("mode"), bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
     if type(mode) is not str or mode != "train" or type(eps) is not float or type(momentum) is not float:
@@ -756,7 +756,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
     outputs = (n_parts, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     sums = np.empty((2, d))
-    work = parted_work(n_parts, n * d)
+    work = parted_work(n_parts, d, n * d)
     if cache.comm is None:
         _batchnorm_backward(work, dout_c, *saved, sums, True, True, *outputs)
     else:  # this rank's reductions, summed over the ranks, then dx
@@ -811,7 +811,7 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache, *, dx: Any = None
     # As in batchnorm_forward: the common small case skips the general
     # checks (a plain dout of x's shape and of the cache's one dtype).
     if (dx is None and dgamma is None and dbeta is None and cache.comm is None and cache.dtype is dtype
-            and _batchnorm_backward.small(x.size) and _is_plain(dout, dtype, x.shape)):
+            and _batchnorm_backward.small(x.size, dtype.itemsize) and _is_plain(dout, dtype, x.shape)):
         n, d = x.shape
         dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype)
         batchnorm_backward_plain(dout, x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps,

@@ -182,7 +182,7 @@ def affine_batchnorm_relu_backward(
         dtype = pre.dtype
         # The single layers' small common case: plain operands of one dtype.
         if (dims is not None and x.dtype is dtype and bn_cache.dtype is dtype and pre.shape == (dims[0], dims[2])
-                and _batchnorm_backward.small(pre.size) and _is_plain(dout, dtype, pre.shape)):
+                and _batchnorm_backward.small(pre.size, dtype.itemsize) and _is_plain(dout, dtype, pre.shape)):
             n, d, m = dims
             dpre, db = np.empty((n, m), dtype), np.empty(m, dtype)
             dgamma, dbeta = np.empty(m, dtype), np.empty(m, dtype)

@@ -57,12 +57,16 @@ class TwinKernel:
     for the ReLU passes, which are bound by memory, so that float32 and
     float64 cross over at the same bytes; "elements" where the arithmetic
     per element is float64 whatever the dtype (batch norm) or the work is
-    a product's (the affine layer). BENCHMARKS.md, session 14.
+    a product's (the affine layer). BENCHMARKS.md, session 14. Where the
+    two dtypes still cross over apart (batch norm), ``threshold`` maps the
+    itemsize of the kernel's first argument, 4 or 8, to its threshold.
     """
 
-    def __init__(self, body: types.FunctionType, threshold: int, unit: str) -> None:
+    def __init__(self, body: types.FunctionType, threshold: int | dict[int, int], unit: str) -> None:
         if unit not in ("bytes", "elements"):
             raise ValueError(f"unit must be 'bytes' or 'elements', got {unit!r}")
+        if not isinstance(threshold, int) and sorted(threshold) != [4, 8]:
+            raise ValueError(f"threshold must be an int or map itemsizes 4 and 8 to ints, got {threshold!r}")
         self.name = body.__name__.lstrip("_")
         self.threshold = threshold
         self.unit = unit
@@ -78,7 +82,10 @@ class TwinKernel:
         """Run the twin that ``work`` (in ``unit``) calls for, or the forced one."""
         path = _forced_path
         if path is None:
-            if work < self.threshold:  # tested first: small calls pay for one comparison only
+            threshold = self.threshold
+            if type(threshold) is not int:
+                threshold = threshold[args[0].dtype.itemsize]
+            if work < threshold:  # tested first: small calls pay for little more than one comparison
                 return self.serial(*args)
             parallel = (_layer_calls or _bind_layer_calls())[0]() > 1
         else:
@@ -87,11 +94,18 @@ class TwinKernel:
             return run_parallel(self.parallel, *args)
         return self.serial(*args)
 
-    def small(self, work: int) -> bool:
-        """Whether ``work`` is under the threshold and no path is forced onto
-        the parallel twin: a caller with a shorter entry to the serial twin
-        (fewer arguments for numba to type) may take it instead."""
-        return work < self.threshold and _forced_path != "parallel"
+    def threshold_for(self, itemsize: int | None) -> int:
+        """The threshold for a first argument of ``itemsize`` bytes an element
+        (which a single threshold does not need)."""
+        threshold = self.threshold
+        return threshold if type(threshold) is int else threshold[itemsize]
+
+    def small(self, work: int, itemsize: int | None = None) -> bool:
+        """Whether ``work`` is under the threshold for arrays of ``itemsize``
+        and no path is forced onto the parallel twin: a caller with a
+        shorter entry to the serial twin (fewer arguments for numba to
+        type) may take it instead."""
+        return work < self.threshold_for(itemsize) and _forced_path != "parallel"
 
 
 # numba's getters of the calling thread's thread count and parallel chunk
@@ -136,7 +150,7 @@ def run_parallel(kernel: Callable[..., Any], *args: Any) -> Any:
         set_chunk_size(callers)
 
 
-def twin(threshold: int, unit: str = "elements") -> Callable[[types.FunctionType], TwinKernel]:
+def twin(threshold: int | dict[int, int], unit: str = "elements") -> Callable[[types.FunctionType], TwinKernel]:
     """Decorator: ``@twin(threshold)`` over a body that uses ``prange``."""
 
     def wrap(body: types.FunctionType) -> TwinKernel:
@@ -164,15 +178,48 @@ def n_row_parts(n_rows: int) -> int:
     return max(1, min(16, n_rows // 32))
 
 
-def parted_work(n_parts: int, n_elements: int) -> int:
-    """The work by which a kernel whose passes are split into ``n_parts`` row
-    parts (``n_row_parts``; the batch-norm statistics and backward) picks
-    its twin: its elements, or 0 for a single part. Then the parallel twin
-    runs its whole loop on one thread after a launch, and loses at any width
-    (32x4096, serial / parallel us: backward float32 84.9/102.4, float64
-    211.4/237.7; BENCHMARKS.md, session 14). The caller passes the part
-    count it gives the kernel, rather than have it counted again here."""
-    return n_elements if n_parts > 1 else 0
+# Column splits: with fewer than 64 rows there is a single row part, and a
+# loop over the parts would run on one thread (32x4096, serial / parallel
+# us: backward float32 84.9/102.4, float64 211.4/237.7; session 14). So a
+# single part's columns are split into ranges of at least SPLIT_MIN_COLUMNS,
+# at most MAX_COLUMN_SPLITS of them, which the threads share: tasks of
+# (part, column range). Each column still adds the same rows in the same
+# order, so the bits are those of the whole part. Several parts are the
+# tasks themselves, whole rows each: split into column ranges, 16 parts of
+# 4096x4096 float32 took 1.13-1.54x as long on 2 cores, and beyond the L3
+# at 16 threads 1-19% longer (BENCHMARKS.md, session 12).
+SPLIT_MIN_COLUMNS = 512
+MAX_COLUMN_SPLITS = 16
+
+
+@register_jitable
+def n_column_splits(n_parts: int, n_features: int) -> int:
+    """Into how many column ranges each of ``n_parts`` row parts is split
+    (see "Column splits"): 1 unless there is a single part."""
+    if n_parts > 1:
+        return 1
+    return max(1, min(MAX_COLUMN_SPLITS, n_features // SPLIT_MIN_COLUMNS))
+
+
+@numba.njit(inline="always")
+def task_bounds(task: int, n_splits: int, n_rows: int, n_parts: int, n_features: int
+                ) -> tuple[int, int, int, int, int]:
+    """Task ``task`` of n_parts x n_splits: its row part, the part's rows
+    [start, stop), and its columns [first, last)."""
+    part = task // n_splits
+    start, stop = part_bounds(n_rows, n_parts, part)
+    first, last = part_bounds(n_features, n_splits, task - part * n_splits)
+    return part, start, stop, first, last
+
+
+def parted_work(n_parts: int, n_features: int, n_elements: int) -> int:
+    """The work by which a kernel whose passes run over (row part, column
+    range) tasks (``n_row_parts``, ``n_column_splits``; the batch-norm
+    statistics and backward) picks its twin: its elements, or 0 when there
+    is a single task, which the parallel twin would run on one thread
+    after a launch. The caller passes the part count it gives the kernel,
+    rather than have it counted again here."""
+    return n_elements if n_parts > 1 or n_column_splits(n_parts, n_features) > 1 else 0
 
 
 # Per-part buffers: a kernel's per-part partials are allocated with

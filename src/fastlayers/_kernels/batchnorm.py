@@ -20,43 +20,43 @@ from ._twins import (
     column_chunk,
     merge_in_parallel,
     n_column_chunks,
+    n_column_splits,
     n_row_parts,
     part_bounds,
     sum_parts_chunk,
+    task_bounds,
     twin,
 )
 from .relu import passes
 
-# Where the parallel twins start to win, in elements of x: the arithmetic is
-# float64 whatever x's dtype, so float32 and float64 cross over nearer the
-# same element counts than the same bytes. Measured on the 2-core machine
-# that runs the bench: the public functions with fresh outputs, every
-# threshold set above any size (serial, short entries included) or to 0
-# (tbb; scripts/thresholds.py, median of 41, two runs; serial / parallel us
-# at 64, 80, 96, 112 and 128 Ki elements, run 1):
-#   forward, D = 64: float32 30.2/40.4, 36.6/42.8, 45.2/49.2, 50.1/49.5,
-#     57.6/51.3; float64 29.9/35.5, 37.6/39.7, 52.1/43.1, 71.5/49.8,
-#     100.1/56.4; D = 256: float32 29.4/43.0, 35.5/46.2, 42.0/53.5,
-#     51.5/54.2, 53.6/56.3; float64 29.4/42.9, 40.8/44.8, 50.0/46.0,
-#     66.8/50.8, 79.5/53.5 (run 2 alike). From 96 to 128 Ki float32 loses
-#     up to 12 us in parallel, where float64 gains 4-44 us;
-#   backward, D = 64: float32 41.5/47.4, 50.7/50.2, 61.5/56.3, 72.6/61.2,
-#     101.1/74.7; float64 48.0/41.8, 63.5/48.1, 91.2/56.3, 118.7/60.0,
-#     148.4/70.6; D = 256: float32 35.9/45.7, 43.8/48.4, 53.3/52.1,
-#     59.5/58.5, 77.9/70.8; float64 44.8/42.7, 64.2/49.1, 91.9/54.8,
-#     115.4/60.6, 150.7/72.4 (run 2 alike). At 64 Ki float32 would lose
-#     2-27% in parallel where float64 loses 5-17% serial; at 80 Ki float32
-#     is within 10% either way and float64 runs 1.3-1.4x faster parallel.
-# The statistics and the normalise share a threshold, so that both passes
-# over x run on the same cores: with the statistics serial and the normalise
-# parallel, a 512x256 float64 forward took 57-74 us (median 66.3 over six
-# processes) against 61-67 us (62.7) with both parallel. With fewer than 64
-# rows (a single row part) the statistics and the backward stay serial
-# whatever the size: ``parted_work`` in _twins.py. (Sessions 5-12 set them
-# at 2^17, 2^16 and 2^17 elements on an AMD EPYC.)
-STATS_THRESHOLD = 3 << 15
-NORMALIZE_THRESHOLD = 3 << 15
-BACKWARD_THRESHOLD = 5 << 14
+# Where the parallel twins start to win, in elements of x, for float32 (4)
+# and float64 (8) inputs (dout's dtype for the backward). The arithmetic is
+# float64 either way, so the dtypes cross over nearer equal element counts
+# than equal bytes, but not at the same ones. Measured on the 2-core
+# machine that runs the bench: the public functions with fresh outputs,
+# every threshold set above any size (serial, short entries included) or
+# to 0 (tbb; scripts/thresholds.py, median of 41, two runs each; session
+# 15, with a single row part's columns split, see "Column splits" in
+# _twins.py). Serial / parallel us, run 1, D = 64, 256 and 4096:
+#   forward float32, 128 Ki: 67.9/70.4, 68.9/76.1, 75.6/85.5; 144 Ki:
+#     80.9/76.0, 85.9/83.5, 87.6/89.6; 160 Ki: 94.8/82.2, 89.1/86.1,
+#     95.6/97.1 (run 2 at D = 4096: 96.2/94.7); 176 Ki: 104.3/85.5,
+#     106.5/94.8, 114.9/103.1;
+#   forward float64, 80 Ki: 53.9/58.8, 60.1/58.9, 96.2/99.0; 96 Ki:
+#     83.1/65.1, 81.4/68.9, 106.5/106.1;
+#   backward float32, 96 Ki: 81.9/75.9, 72.5/68.8, 87.3/88.0; 112 Ki:
+#     99.0/83.2, 90.3/79.3, 101.3/97.9;
+#   backward float64, 48 Ki: 49.3/59.3, 47.0/58.1, 68.7/79.9; 64 Ki:
+#     77.9/71.8, 71.7/69.0, 97.8/95.0.
+# Each threshold is the smallest size from which the parallel twin won at
+# every width in both runs (BENCHMARKS.md, session 15). The statistics and
+# the normalise share a threshold, so that both passes over x run on the
+# same cores: with the statistics serial and the normalise parallel, a
+# 512x256 float64 forward took 57-74 us (median 66.3 over six processes)
+# against 61-67 us (62.7) with both parallel (session 14).
+STATS_THRESHOLD = {4: 5 << 15, 8: 3 << 15}
+NORMALIZE_THRESHOLD = STATS_THRESHOLD
+BACKWARD_THRESHOLD = {4: 7 << 14, 8: 1 << 16}
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
 # arrays) outgrow L1; narrower rows go row by row. Measured (normalise,
@@ -106,33 +106,33 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2):
 # tasks, the normalise's four-row loop came out scalar (3x slower serial at
 # 256x4096 float32).
 @numba.njit(error_model="numpy")
-def _add_rows(acc, x, start, stop):
-    """acc[j] += x[i, j] for the rows i in [start, stop), in row order."""
+def _add_rows(acc, x, start, stop, first, last):
+    """acc[j] += x[i, first + j] for the rows i in [start, stop), in row order."""
     i = start
     while i + 4 <= stop:
-        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
         for j in range(acc.size):
             acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j]
         i += 4
     for k in range(i, stop):
-        row = x[k]
+        row = x[k, first:last]
         for j in range(acc.size):
             acc[j] += row[j]
 
 
 @numba.njit(error_model="numpy")
-def _add_squared_deviations(acc, x, center, start, stop):
-    """acc[j] += (x[i, j] - center[j])**2 for the rows i in [start, stop), in row order."""
+def _add_squared_deviations(acc, x, center, start, stop, first, last):
+    """acc[j] += (x[i, first + j] - center[j])**2 for the rows i in [start, stop), in row order."""
     i = start
     while i + 4 <= stop:
-        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
         for j in range(acc.size):
             c = center[j]
             d0, d1, d2, d3 = r0[j] - c, r1[j] - c, r2[j] - c, r3[j] - c
             acc[j] = (((acc[j] + d0 * d0) + d1 * d1) + d2 * d2) + d3 * d3
         i += 4
     for k in range(i, stop):
-        row = x[k]
+        row = x[k, first:last]
         for j in range(acc.size):
             deviation = row[j] - center[j]
             acc[j] += deviation * deviation
@@ -154,18 +154,20 @@ def _add_squared_deviations(acc, x, center, start, stop):
 # serial, median of 31, us, separate / fused): 256x4096 float32 181/145,
 # float64 149/133; 4096x4096 float32 3747/3395, float64 5790/6019.
 @numba.njit(error_model="numpy", fastmath={"contract"})
-def _part_moments(mean, m2, x, start, stop):
+def _part_moments(mean, m2, x, start, stop, first, last):
     """Per-column mean and M2 (sum of squared deviations) of rows [start, stop)
-    of x into mean and m2 (float64, overwritten): blocks of eight rows, each
-    two-pass over its values in registers, merged in row order with Chan's
-    formula; the last 1-7 rows make one more block, two-pass row-wise."""
+    and columns [first, last) of x into mean and m2 (as wide as that range,
+    float64, overwritten): blocks of eight rows, each two-pass over its
+    values in registers, merged in row order with Chan's formula; the last
+    1-7 rows make one more block, two-pass row-wise. Rows are taken as
+    slices of the range, walked from 0 (see "Column ranges" in _twins.py)."""
     mean[:] = 0.0
     m2[:] = 0.0
     count = 0
     i = start
     while i + 8 <= stop:
-        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        r4, r5, r6, r7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
+        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        r4, r5, r6, r7 = x[i + 4, first:last], x[i + 5, first:last], x[i + 6, first:last], x[i + 7, first:last]
         total, weight, cross = _chan_weights(count, 8)
         for j in range(mean.size):
             a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
@@ -179,10 +181,10 @@ def _part_moments(mean, m2, x, start, stop):
         i += 8
     if i < stop:
         block_mean = np.zeros(mean.size)
-        _add_rows(block_mean, x, i, stop)
+        _add_rows(block_mean, x, i, stop, first, last)
         block_mean /= stop - i
         block_m2 = np.zeros(mean.size)
-        _add_squared_deviations(block_m2, x, block_mean, i, stop)
+        _add_squared_deviations(block_m2, x, block_mean, i, stop, first, last)
         _chan_merge(count, stop - i, mean, m2, block_mean, block_m2)
 
 
@@ -216,9 +218,10 @@ def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var,
     n_rows, n_features = x.shape
     part_mean = np.empty((n_parts, n_features))
     part_m2 = np.empty((n_parts, n_features))
-    for part in prange(n_parts):
-        start, stop = part_bounds(n_rows, n_parts, part)
-        _part_moments(part_mean[part], part_m2[part], x, start, stop)
+    n_splits = n_column_splits(n_parts, n_features)
+    for task in prange(n_parts * n_splits):
+        part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
+        _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
     if merge_in_parallel(n_parts, n_features):  # else on this thread: "Merges on the calling thread", _twins.py
         for chunk in prange(n_column_chunks(n_features)):
             _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
@@ -438,17 +441,19 @@ def _add_to_overload(sums, j, value):
 # 139-143 us inlined, 137-139 us as a function) but cost numba more to
 # compile: 29.4 s against 21.1 s for the parallel twin's four signatures.
 @numba.njit(error_model="numpy")
-def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, start, stop):
-    """sum_g[j] += g[i, j] and sum_g_dev[j] += g[i, j]·(x[i, j] - mean[j])
-    for the rows i in [start, stop), in row order, four rows per sweep (as
-    ``_add_rows``); g is dout, through the ReLU if any."""
+def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, start, stop, first, last):
+    """sum_g[j] += g[i, k] and sum_g_dev[j] += g[i, k]·(x[i, k] - mean[k]),
+    k = first + j, for the rows i in [start, stop), in row order, four rows
+    per sweep (as ``_add_rows``); g is dout, through the ReLU if any. The
+    sums are as wide as the column range [first, last)."""
+    center, range_scale, range_beta = mean[first:last], scale[first:last], beta[first:last]
     i = start
     while i + 4 <= stop:
-        g0, g1, g2, g3 = dout[i], dout[i + 1], dout[i + 2], dout[i + 3]
-        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
+        x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
         for j in range(sum_g.size):
-            m = mean[j]
-            s, b = relu_coefficients(scale, beta, j, relu_like)
+            m = center[j]
+            s, b = relu_coefficients(range_scale, range_beta, j, relu_like)
             a0 = gradient_through_relu(np.float64(g0[j]), x0[j], m, s, b, relu_like)
             a1 = gradient_through_relu(np.float64(g1[j]), x1[j], m, s, b, relu_like)
             a2 = gradient_through_relu(np.float64(g2[j]), x2[j], m, s, b, relu_like)
@@ -458,19 +463,22 @@ def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, 
                 x3[j] - m)
         i += 4
     for k in range(i, stop):
+        dout_row, x_row = dout[k, first:last], x[k, first:last]
         for j in range(sum_g.size):
-            s, b = relu_coefficients(scale, beta, j, relu_like)
-            gradient = gradient_through_relu(np.float64(dout[k, j]), x[k, j], mean[j], s, b, relu_like)
+            s, b = relu_coefficients(range_scale, range_beta, j, relu_like)
+            gradient = gradient_through_relu(np.float64(dout_row[j]), x_row[j], center[j], s, b, relu_like)
             sum_g[j] += gradient
-            sum_g_dev[j] += gradient * (x[k, j] - mean[j])
+            sum_g_dev[j] += gradient * (x_row[j] - center[j])
 
 
 @numba.njit(error_model="numpy")
-def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, column_sums, start, stop):
-    """The dx pass over rows [start, stop): dx[i, j] = gain[j]·(g - offset[j]
-    - (x[i, j] - mean[j])·slope[j]), g being dout through the ReLU if any;
-    with ``column_sums`` (not None), each dx element, as stored, is added to
-    it in row order.
+def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, column_sums, start, stop,
+                   first, last):
+    """The dx pass over rows [start, stop) and columns [first, last):
+    dx[i, j] = gain[j]·(g - offset[j] - (x[i, j] - mean[j])·slope[j]), g
+    being dout through the ReLU if any; with ``column_sums`` (not None, as
+    wide as the column range), each dx element, as stored, is added to it
+    in row order. Rows are slices of the range, walked from 0.
 
     Four rows per sweep over the columns where the per-feature arrays
     outgrow L1 (as the normalise), with the feature's coefficients in
@@ -485,15 +493,17 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
     725 -> 1337 us).
     """
     to_dx = dx.dtype.type
+    center, range_scale, range_beta = mean[first:last], scale[first:last], beta[first:last]
+    range_gain, range_offset, range_slope = gain[first:last], offset[first:last], slope[first:last]
     i = start
-    if dx.shape[1] >= SWEEP_MIN_FEATURES:
+    if last - first >= SWEEP_MIN_FEATURES:
         while i + 4 <= stop:
-            g0, g1, g2, g3 = dout[i], dout[i + 1], dout[i + 2], dout[i + 3]
-            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-            d0, d1, d2, d3 = dx[i], dx[i + 1], dx[i + 2], dx[i + 3]
-            for j in range(dx.shape[1]):
-                m, gn, of, sl = mean[j], gain[j], offset[j], slope[j]
-                s, b = relu_coefficients(scale, beta, j, relu_like)
+            g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
+            x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+            d0, d1, d2, d3 = dx[i, first:last], dx[i + 1, first:last], dx[i + 2, first:last], dx[i + 3, first:last]
+            for j in range(center.size):
+                m, gn, of, sl = center[j], range_gain[j], range_offset[j], range_slope[j]
+                s, b = relu_coefficients(range_scale, range_beta, j, relu_like)
                 v0 = to_dx(gn * (gradient_through_relu(np.float64(g0[j]), x0[j], m, s, b, relu_like) - of
                                  - (x0[j] - m) * sl))
                 v1 = to_dx(gn * (gradient_through_relu(np.float64(g1[j]), x1[j], m, s, b, relu_like) - of
@@ -509,11 +519,12 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
                 add_to(column_sums, j, v3)
             i += 4
     for k in range(i, stop):
-        for j in range(dx.shape[1]):
-            s, b = relu_coefficients(scale, beta, j, relu_like)
-            gradient = gradient_through_relu(np.float64(dout[k, j]), x[k, j], mean[j], s, b, relu_like)
-            value = to_dx(gain[j] * (gradient - offset[j] - (x[k, j] - mean[j]) * slope[j]))
-            dx[k, j] = value
+        dout_row, x_row, dx_row = dout[k, first:last], x[k, first:last], dx[k, first:last]
+        for j in range(center.size):
+            s, b = relu_coefficients(range_scale, range_beta, j, relu_like)
+            gradient = gradient_through_relu(np.float64(dout_row[j]), x_row[j], center[j], s, b, relu_like)
+            value = to_dx(range_gain[j] * (gradient - range_offset[j] - (x_row[j] - center[j]) * range_slope[j]))
+            dx_row[j] = value
             add_to(column_sums, j, value)
 
 
@@ -538,16 +549,18 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
-    # Each part zeroes its own partials (see "Per-part buffers" in _twins.py).
+    n_splits = n_column_splits(n_parts, n_features)
+    # Each task zeroes its own partials (see "Per-part buffers" in _twins.py).
     if reduce:
         part_dout = np.empty((n_parts, n_features))
         part_dout_xmu = np.empty((n_parts, n_features))
-        for part in prange(n_parts):
-            start, stop = part_bounds(n_rows, n_parts, part)
-            part_dout[part] = 0.0
-            part_dout_xmu[part] = 0.0
-            _add_gradient_sums(part_dout[part], part_dout_xmu[part], dout, x, mean, scale, beta, relu_like,
-                               start, stop)
+        for task in prange(n_parts * n_splits):
+            part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
+            task_dout, task_dout_xmu = part_dout[part, first:last], part_dout_xmu[part, first:last]
+            task_dout[:] = 0.0
+            task_dout_xmu[:] = 0.0
+            _add_gradient_sums(task_dout, task_dout_xmu, dout, x, mean, scale, beta, relu_like, start, stop, first,
+                               last)
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):
                 sum_parts_chunk(part_dout, sums[0], chunk)
@@ -575,14 +588,16 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
             offset[j] = np.nan
     summing = dx_column_sums.size > 0
     part_sums = np.empty((n_parts if summing else 0, n_features))
-    for part in prange(n_parts):
-        start, stop = part_bounds(n_rows, n_parts, part)
+    for task in prange(n_parts * n_splits):
+        part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
         if summing:
-            part_sums[part] = 0.0
-            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums[part], start,
-                           stop)
+            task_sums = part_sums[part, first:last]
+            task_sums[:] = 0.0
+            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, task_sums, start, stop,
+                           first, last)
         else:
-            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop)
+            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop, first,
+                           last)
     if summing:
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):

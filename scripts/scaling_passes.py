@@ -47,6 +47,7 @@ from fastlayers import set_num_threads, threading_layer
 from fastlayers._kernels._twins import (
     merge_in_parallel,
     n_column_chunks,
+    n_column_splits,
     n_row_parts,
     sum_parts_chunk,
     task_bounds,
@@ -117,8 +118,9 @@ def launch_only(out):
 def _cases(x, dout, parts):
     """name -> call, and the arrays each family's results are checked on."""
     n, d = x.shape
+    splits = n_column_splits(parts, d)  # the package's tasks
     mean, var = np.empty(d), np.empty(d)
-    _batchnorm_stats.parallel(x, parts, mean, var, 0.9, np.zeros(d), np.ones(d), np.empty(0), np.empty(0))
+    _batchnorm_stats.parallel(x, parts, splits, mean, var, 0.9, np.zeros(d), np.ones(d), np.empty(0), np.empty(0))
     gamma = np.ones(d, x.dtype)
     beta = np.zeros(d, x.dtype)
     sums = np.empty((2, d))
@@ -130,7 +132,8 @@ def _cases(x, dout, parts):
 
     def backward(sums_, reduce, apply, n_parts):
         return lambda: _batchnorm_backward.parallel(dout, x, mean, var, gamma, beta, 1e-5, None, n, sums_, reduce,
-                                                    apply, n_parts, dx, dgamma, dbeta, no_sums)
+                                                    apply, n_parts, n_column_splits(n_parts, d), dx, dgamma, dbeta,
+                                                    no_sums)
 
     launch_out = np.empty(16)
     calls = {
@@ -138,9 +141,9 @@ def _cases(x, dout, parts):
         "launch": lambda: launch_only(launch_out),
         "relu_forward": lambda: _relu_forward.parallel(flat_x, flat_out, no_mask),
         "relu_backward": lambda: _relu_backward.parallel(flat_dout, flat_x, flat_dx),
-        "stats": lambda: _batchnorm_stats.parallel(x, parts, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
+        "stats": lambda: _batchnorm_stats.parallel(x, parts, splits, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
                                                    np.empty(0), np.empty(0)),
-        "stats_64parts": lambda: _batchnorm_stats.parallel(x, 64, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
+        "stats_64parts": lambda: _batchnorm_stats.parallel(x, 64, 1, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
                                                            np.empty(0), np.empty(0)),
         "normalize": lambda: _batchnorm_normalize.parallel(x, mean, var, gamma, beta, 1e-5, None, out),
         "reduce": backward(s_sums, True, False, parts),

@@ -133,13 +133,14 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, n_parts, n_splits", [((32, 8192), 1, 16), ((40, 4200), 1, 8), ((64, 4096), 2, 1)])
+@pytest.mark.parametrize("shape, n_parts, n_splits", [((32, 8192), 1, 8), ((40, 4200), 1, 4), ((64, 4096), 2, 1)])
 def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, n_parts, n_splits, dtype):
     """Fewer than 64 rows make one row part, which a loop over the parts
     would run on one thread: its columns are split into ranges of at least
-    512 instead, so the statistics' and the backward's parallel twins run
-    above their thresholds, and give the serial twins' bits. Several parts
-    are not split. All shapes are above every threshold."""
+    1024 instead, so the statistics' and the backward's parallel twins run
+    above their thresholds, and give the bits of the serial twins over
+    whole rows. Several parts are not split. All shapes are above every
+    threshold."""
     itemsize = np.dtype(dtype).itemsize
     thresholds = (STATS_THRESHOLD[itemsize], BACKWARD_THRESHOLD[itemsize], NORMALIZE_THRESHOLD[itemsize])
     assert shape[0] * shape[1] >= max(thresholds)
@@ -158,6 +159,7 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
     out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
     gradients = fl.batchnorm_backward(dout, cache)
     assert taken == ["batchnorm_stats parallel", "batchnorm_normalize parallel", "batchnorm_backward parallel"]
+    monkeypatch.setattr(layers, "n_column_splits", lambda n_parts, n_features: 1)  # whole rows, one thread
     with forced_path("serial"):
         serial_out, serial_cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
         serial_gradients = fl.batchnorm_backward(dout, serial_cache)

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._cache import BatchNormCache, ReluMask
 from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels._blas import blas_int_zero
-from ._kernels._twins import n_row_parts, parted_work
+from ._kernels._twins import n_column_splits, n_row_parts, parted_work
 from ._kernels.affine import (
     _affine_backward,
     _affine_forward,
@@ -580,16 +580,16 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         new_var = np.empty(d, np.result_type(running_var, xa))
         momentum = args["momentum"]
         n_parts = n_row_parts(n)
+        work, tasks = parted_work(n_parts, d, n * d), (n_parts, n_column_splits(n_parts, d))
         if comm is None:
             n_total = n
-            _batchnorm_stats(parted_work(n_parts, d, n * d), x_c, n_parts, center, var, momentum,
-                             running_mean, running_var, new_mean, new_var)
+            _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean, new_var)
         else:
             counts = global_rows(func, comm, n, d, xa.dtype)
             n_total = int(counts.sum())
             if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(parted_work(n_parts, d, n * d), x_c, n_parts, center, var, momentum,
-                                 running_mean, running_var, new_mean[:0], new_var[:0])
+                _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean[:0],
+                                 new_var[:0])
             merge_statistics(comm, counts, center, var)
             update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
         cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype, n_total, comm)
@@ -754,7 +754,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
-    outputs = (n_parts, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    outputs = (n_parts, n_column_splits(n_parts, d), dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     sums = np.empty((2, d))
     work = parted_work(n_parts, d, n * d)
     if cache.comm is None:

@@ -184,18 +184,23 @@ def n_row_parts(n_rows: int) -> int:
 # single part's columns are split into ranges of at least SPLIT_MIN_COLUMNS,
 # at most MAX_COLUMN_SPLITS of them, which the threads share: tasks of
 # (part, column range). Each column still adds the same rows in the same
-# order, so the bits are those of the whole part. Several parts are the
-# tasks themselves, whole rows each: split into column ranges, 16 parts of
+# order, so the bits are those of the whole part. The kernels take the
+# split count from their caller, as they take the part count: the general
+# path passes ``n_column_splits``, the serial short entries 1, since one
+# thread gains nothing from it. On one thread, ranges of 1024 columns cost
+# the statistics 0-2% and the backward's reductions 0-5%, ranges of 512 up
+# to 8% and 16% (40x2048 to 32x8192, BENCHMARKS.md, session 15); on 2
+# threads 2, 4 or 8 ranges ran alike. Several parts are the tasks
+# themselves, whole rows each: split into column ranges, 16 parts of
 # 4096x4096 float32 took 1.13-1.54x as long on 2 cores, and beyond the L3
-# at 16 threads 1-19% longer (BENCHMARKS.md, session 12).
-SPLIT_MIN_COLUMNS = 512
+# at 16 threads 1-19% longer (session 12).
+SPLIT_MIN_COLUMNS = 1024
 MAX_COLUMN_SPLITS = 16
 
 
-@register_jitable
 def n_column_splits(n_parts: int, n_features: int) -> int:
-    """Into how many column ranges each of ``n_parts`` row parts is split
-    (see "Column splits"): 1 unless there is a single part."""
+    """Into how many column ranges each of ``n_parts`` row parts is split by
+    the parallel twins (see "Column splits"): 1 unless there is a single part."""
     if n_parts > 1:
         return 1
     return max(1, min(MAX_COLUMN_SPLITS, n_features // SPLIT_MIN_COLUMNS))

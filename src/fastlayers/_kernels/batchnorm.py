@@ -20,7 +20,6 @@ from ._twins import (
     column_chunk,
     merge_in_parallel,
     n_column_chunks,
-    n_column_splits,
     n_row_parts,
     part_bounds,
     sum_parts_chunk,
@@ -209,16 +208,18 @@ def _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk):
 
 
 @twin(STATS_THRESHOLD)
-def _batchnorm_stats(x, n_parts, mean, var, momentum, running_mean, running_var, new_running_mean,
+def _batchnorm_stats(x, n_parts, n_splits, mean, var, momentum, running_mean, running_var, new_running_mean,
                      new_running_var):
     """mean[j], var[j] (biased) of x[:, j], two-pass quality, float64; and the
     running statistics' update ``momentum * running + (1 - momentum) * sample``
     into the new arrays, in the dtypes NumPy would use for it (momentum in
-    the running array's dtype, the sample in x's)."""
+    the running array's dtype, the sample in x's). The tasks are n_parts
+    row parts (``n_row_parts``) x n_splits column ranges (``n_column_splits``
+    for the parallel twin; 1 from the serial entries: see "Column splits"
+    in _twins.py)."""
     n_rows, n_features = x.shape
     part_mean = np.empty((n_parts, n_features))
     part_m2 = np.empty((n_parts, n_features))
-    n_splits = n_column_splits(n_parts, n_features)
     for task in prange(n_parts * n_splits):
         part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
         _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
@@ -360,7 +361,7 @@ def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, runn
     C-contiguous x: numba types 13 arguments once instead of 9 and 8 in two
     calls (about 60 ns an argument), and the row parts are counted here
     rather than in Python."""
-    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), mean, var, momentum, running_mean, running_var,
+    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), 1, mean, var, momentum, running_mean, running_var,
                             new_running_mean, new_running_var)
     _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, relu_like, out)
 
@@ -373,7 +374,7 @@ def batchnorm_train_plain(x, gamma, beta, eps, momentum, running_mean, running_v
     its caller again, so an entry that called the other entry would compile
     both twins' bodies twice (measured 1.42 against 0.7 s, and 4.4 against
     3.0 s for the backward's entries)."""
-    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), mean, var, momentum, running_mean, running_var,
+    _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), 1, mean, var, momentum, running_mean, running_var,
                             new_running_mean, new_running_var)
     _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, None, out)
 
@@ -496,7 +497,7 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
     center, range_scale, range_beta = mean[first:last], scale[first:last], beta[first:last]
     range_gain, range_offset, range_slope = gain[first:last], offset[first:last], slope[first:last]
     i = start
-    if last - first >= SWEEP_MIN_FEATURES:
+    if dx.shape[1] >= SWEEP_MIN_FEATURES:  # by the row width, as the normalise: see the docstring
         while i + 4 <= stop:
             g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
             x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
@@ -530,7 +531,7 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
 
 @twin(BACKWARD_THRESHOLD)
 def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, reduce, apply, n_parts,
-                        dx, dgamma, dbeta, dx_column_sums):
+                        n_splits, dx, dgamma, dbeta, dx_column_sums):
     """dx, dgamma, dbeta of the train-mode forward over a batch of ``n_total``
     rows, in two passes over (N, D).
 
@@ -546,10 +547,11 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     A non-empty ``dx_column_sums`` receives dx summed over rows (the bias
     gradient of an affine layer below), by the same parts as
     ``affine_backward``'s db. One process passes both flags: one call.
+    Both passes run over n_parts row parts x n_splits column ranges, as
+    ``_batchnorm_stats``.
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
-    n_splits = n_column_splits(n_parts, n_features)
     # Each task zeroes its own partials (see "Per-part buffers" in _twins.py).
     if reduce:
         part_dout = np.empty((n_parts, n_features))
@@ -617,7 +619,7 @@ def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, rel
     dout and x: 13 arguments instead of 17 (see ``batchnorm_relu_train_plain``)."""
     sums = np.empty((2, x.shape[1]))
     _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, True, True,
-                               n_row_parts(x.shape[0]), dx, dgamma, dbeta, dx_column_sums)
+                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, dx_column_sums)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -626,4 +628,4 @@ def batchnorm_backward_plain(dout, x, mean, var, gamma, beta, eps, n_total, dx, 
     arguments (it calls the twin itself, as ``batchnorm_train_plain`` does)."""
     sums = np.empty((2, x.shape[1]))
     _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, None, n_total, sums, True, True,
-                               n_row_parts(x.shape[0]), dx, dgamma, dbeta, np.empty(0))
+                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, np.empty(0))

@@ -97,6 +97,13 @@ def _chan_merge(count, n_new, mean, m2, new_mean, new_m2):
     return total
 
 
+@numba.njit(inline="always")
+def _four_rows(a, i, first, last):
+    """Rows i to i + 3 of the 2-D array a, each as its slice [first, last):
+    C-contiguous views that the loops over a column range walk from 0."""
+    return a[i, first:last], a[i + 1, first:last], a[i + 2, first:last], a[i + 3, first:last]
+
+
 # Four-row sweeps: the per-feature accumulators are as wide as a row (32 KiB
 # of float64 at D = 4096, L1's size), so the reductions take four rows per
 # sweep over the columns and load and store them once per four rows. Each
@@ -112,7 +119,7 @@ def _add_rows(acc, x, start, stop, first, last):
     """acc[j] += x[i, first + j] for the rows i in [start, stop), in row order."""
     i = start
     while i + 4 <= stop:
-        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        r0, r1, r2, r3 = _four_rows(x, i, first, last)
         for j in range(acc.size):
             acc[j] = (((acc[j] + r0[j]) + r1[j]) + r2[j]) + r3[j]
         i += 4
@@ -127,7 +134,7 @@ def _add_squared_deviations(acc, x, center, start, stop, first, last):
     """acc[j] += (x[i, first + j] - center[j])**2 for the rows i in [start, stop), in row order."""
     i = start
     while i + 4 <= stop:
-        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        r0, r1, r2, r3 = _four_rows(x, i, first, last)
         for j in range(acc.size):
             c = center[j]
             d0, d1, d2, d3 = r0[j] - c, r1[j] - c, r2[j] - c, r3[j] - c
@@ -168,8 +175,8 @@ def _part_moments(mean, m2, x, start, stop, first, last):
     count = 0
     i = start
     while i + 8 <= stop:
-        r0, r1, r2, r3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
-        r4, r5, r6, r7 = x[i + 4, first:last], x[i + 5, first:last], x[i + 6, first:last], x[i + 7, first:last]
+        r0, r1, r2, r3 = _four_rows(x, i, first, last)
+        r4, r5, r6, r7 = _four_rows(x, i + 4, first, last)
         total, weight, cross = _chan_weights(count, 8)
         for j in range(mean.size):
             a0, a1, a2, a3 = np.float64(r0[j]), np.float64(r1[j]), np.float64(r2[j]), np.float64(r3[j])
@@ -453,8 +460,8 @@ def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, 
     center, range_scale, range_beta = mean[first:last], scale[first:last], beta[first:last]
     i = start
     while i + 4 <= stop:
-        g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
-        x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
+        g0, g1, g2, g3 = _four_rows(dout, i, first, last)
+        x0, x1, x2, x3 = _four_rows(x, i, first, last)
         for j in range(sum_g.size):
             m = center[j]
             s, b = relu_coefficients(range_scale, range_beta, j, relu_like)
@@ -502,9 +509,9 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
     i = start
     if dx.shape[1] >= SWEEP_MIN_FEATURES:  # by the row width, as the normalise: see the docstring
         while i + 4 <= stop:
-            g0, g1, g2, g3 = dout[i, first:last], dout[i + 1, first:last], dout[i + 2, first:last], dout[i + 3, first:last]
-            x0, x1, x2, x3 = x[i, first:last], x[i + 1, first:last], x[i + 2, first:last], x[i + 3, first:last]
-            d0, d1, d2, d3 = dx[i, first:last], dx[i + 1, first:last], dx[i + 2, first:last], dx[i + 3, first:last]
+            g0, g1, g2, g3 = _four_rows(dout, i, first, last)
+            x0, x1, x2, x3 = _four_rows(x, i, first, last)
+            d0, d1, d2, d3 = _four_rows(dx, i, first, last)
             for j in range(center.size):
                 m, gn, of, sl = center[j], range_gain[j], range_offset[j], range_slope[j]
                 s, b = relu_coefficients(range_scale, range_beta, j, relu_like)

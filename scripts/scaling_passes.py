@@ -11,10 +11,11 @@ large L3? It times, at each thread count and into preallocated outputs:
   (parallel twins, the reductions over the shape's row parts, 16 from
   512 rows on, and over 64 parts for comparison);
 - the same statistics and reductions with each row part split further by
-  columns into tasks (``SPLITS`` per part; the package splits a single
-  part only). Each column is still summed over the same rows in the same
-  order, so the bits are the package's (checked here before timing); only
-  the number of tasks that the threads share changes;
+  columns into tasks (``SPLITS`` per part: the package's kernels given that
+  split count, where the package splits a single part only). Each column
+  is still summed over the same rows in the same order, so the bits are
+  those of whole rows (checked here before timing); only the number of
+  tasks that the threads share changes;
 - some of these with numba's parallel chunk size set (``_chunk<size>``):
   the kernels are called directly, not through the twins' dispatch, which
   runs them at numba's default chunk size whatever the caller set;
@@ -44,69 +45,16 @@ from numba import prange
 
 import fastlayers
 from fastlayers import set_num_threads, threading_layer
-from fastlayers._kernels._twins import (
-    merge_in_parallel,
-    n_column_chunks,
-    n_column_splits,
-    n_row_parts,
-    sum_parts_chunk,
-    task_bounds,
-)
+from fastlayers._kernels._twins import n_column_splits, n_row_parts
 from fastlayers._kernels.batchnorm import (
-    _add_gradient_sums,
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
-    _merge_moments_chunk,
-    _part_moments,
 )
 from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers.bench import _cpu_model, _parallel_copy
 
 SPLITS = (2, 4, 8)
-
-
-@numba.njit(parallel=True, error_model="numpy")
-def stats_split(x, n_parts, splits, mean, var):
-    """``_batchnorm_stats`` (without the running update) over n_parts x
-    splits tasks: every row part split into ``splits`` column ranges, where
-    the package splits a single part only (``n_column_splits``)."""
-    n_rows, n_features = x.shape
-    part_mean = np.empty((n_parts, n_features))
-    part_m2 = np.empty((n_parts, n_features))
-    for task in prange(n_parts * splits):
-        part, start, stop, first, last = task_bounds(task, splits, n_rows, n_parts, n_features)
-        _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
-    if merge_in_parallel(n_parts, n_features):  # the package's merge, as the package runs it
-        for chunk in prange(n_column_chunks(n_features)):
-            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
-    else:
-        for chunk in range(n_column_chunks(n_features)):
-            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
-
-
-@numba.njit(parallel=True, error_model="numpy")
-def reduce_split(dout, x, mean, n_parts, splits, sums):
-    """The backward's reduce phase (no ReLU) over n_parts x splits tasks, as ``stats_split``."""
-    n_rows, n_features = x.shape
-    part_dout = np.empty((n_parts, n_features))
-    part_dout_xmu = np.empty((n_parts, n_features))
-    no_relu_coefficients = np.empty(0)
-    for task in prange(n_parts * splits):
-        part, start, stop, first, last = task_bounds(task, splits, n_rows, n_parts, n_features)
-        task_dout, task_dout_xmu = part_dout[part, first:last], part_dout_xmu[part, first:last]
-        task_dout[:] = 0.0
-        task_dout_xmu[:] = 0.0
-        _add_gradient_sums(task_dout, task_dout_xmu, dout, x, mean, no_relu_coefficients, no_relu_coefficients,
-                           None, start, stop, first, last)
-    if merge_in_parallel(n_parts, n_features):
-        for chunk in prange(n_column_chunks(n_features)):
-            sum_parts_chunk(part_dout, sums[0], chunk)
-            sum_parts_chunk(part_dout_xmu, sums[1], chunk)
-    else:
-        for chunk in range(n_column_chunks(n_features)):
-            sum_parts_chunk(part_dout, sums[0], chunk)
-            sum_parts_chunk(part_dout_xmu, sums[1], chunk)
 
 
 @numba.njit(parallel=True)
@@ -130,10 +78,10 @@ def _cases(x, dout, parts):
     dgamma, dbeta, no_sums = np.empty(d, x.dtype), np.empty(d, x.dtype), np.empty(0)
     s_mean, s_var, s_sums = np.empty(d), np.empty(d), np.empty((2, d))
 
-    def backward(sums_, reduce, apply, n_parts):
+    def backward(sums_, reduce, apply, n_parts, n_splits=None):
+        n_splits = n_column_splits(n_parts, d) if n_splits is None else n_splits
         return lambda: _batchnorm_backward.parallel(dout, x, mean, var, gamma, beta, 1e-5, None, n, sums_, reduce,
-                                                    apply, n_parts, n_column_splits(n_parts, d), dx, dgamma, dbeta,
-                                                    no_sums)
+                                                    apply, n_parts, n_splits, dx, dgamma, dbeta, no_sums)
 
     launch_out = np.empty(16)
     calls = {
@@ -152,9 +100,10 @@ def _cases(x, dout, parts):
         "dx_64parts": backward(sums, False, True, 64),
     }
     backward(sums, True, False, parts)()  # the reductions the dx cases apply
-    for k in SPLITS:
-        calls[f"stats_split{k}"] = lambda k=k: stats_split(x, parts, k, s_mean, s_var)
-        calls[f"reduce_split{k}"] = lambda k=k: reduce_split(dout, x, mean, parts, k, s_sums)
+    for k in SPLITS:  # the package's kernels with every part split into k column ranges
+        calls[f"stats_split{k}"] = lambda k=k: _batchnorm_stats.parallel(x, parts, k, s_mean, s_var, 0.9, np.zeros(d),
+                                                                         np.ones(d), np.empty(0), np.empty(0))
+        calls[f"reduce_split{k}"] = backward(s_sums, True, False, parts, k)
     # The same calls with numba's chunk size set (iterations per chunk that
     # a thread takes; 0, the default, divides the loop into one chunk per
     # thread): more, smaller chunks for the threading layer to balance.

@@ -174,9 +174,11 @@ def test_a_single_task_takes_the_serial_twin():
     parallel twin would run on one thread after a launch: ``parted_work``
     counts it as no work, so it stays under every threshold."""
     assert n_column_splits(1, 2 * SPLIT_MIN_COLUMNS - 1) == 1
-    assert parted_work(1, 2 * SPLIT_MIN_COLUMNS - 1, 10**9) == 0
-    assert parted_work(1, 2 * SPLIT_MIN_COLUMNS, 10**9) == 10**9
-    assert parted_work(2, 10, 10**9) == 10**9
+    assert n_column_splits(1, 2 * SPLIT_MIN_COLUMNS) == 2
+    assert n_column_splits(2, 10**6) == 1
+    assert parted_work(1, n_column_splits(1, 2 * SPLIT_MIN_COLUMNS - 1), 10**9) == 0
+    assert parted_work(1, n_column_splits(1, 2 * SPLIT_MIN_COLUMNS), 10**9) == 10**9
+    assert parted_work(2, n_column_splits(2, 10), 10**9) == 10**9
 
 
 def test_twin_thresholds_by_itemsize(monkeypatch):

@@ -580,7 +580,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         new_var = np.empty(d, np.result_type(running_var, xa))
         momentum = args["momentum"]
         n_parts = n_row_parts(n)
-        work, tasks = parted_work(n_parts, d, n * d), (n_parts, n_column_splits(n_parts, d))
+        tasks = (n_parts, n_column_splits(n_parts, d))
+        work = parted_work(*tasks, n * d)
         if comm is None:
             n_total = n
             _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean, new_var)
@@ -753,10 +754,11 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     dout_c = np.ascontiguousarray(douta)
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)
+    n_splits = n_column_splits(n_parts, d)
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
-    outputs = (n_parts, n_column_splits(n_parts, d), dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    outputs = (n_parts, n_splits, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
     sums = np.empty((2, d))
-    work = parted_work(n_parts, d, n * d)
+    work = parted_work(n_parts, n_splits, n * d)
     if cache.comm is None:
         _batchnorm_backward(work, dout_c, *saved, sums, True, True, *outputs)
     else:  # this rank's reductions, summed over the ranks, then dx

@@ -217,14 +217,14 @@ def task_bounds(task: int, n_splits: int, n_rows: int, n_parts: int, n_features:
     return part, start, stop, first, last
 
 
-def parted_work(n_parts: int, n_features: int, n_elements: int) -> int:
-    """The work by which a kernel whose passes run over (row part, column
-    range) tasks (``n_row_parts``, ``n_column_splits``; the batch-norm
-    statistics and backward) picks its twin: its elements, or 0 when there
-    is a single task, which the parallel twin would run on one thread
-    after a launch. The caller passes the part count it gives the kernel,
-    rather than have it counted again here."""
-    return n_elements if n_parts > 1 or n_column_splits(n_parts, n_features) > 1 else 0
+def parted_work(n_parts: int, n_splits: int, n_elements: int) -> int:
+    """The work by which a kernel whose passes run over n_parts x n_splits
+    (row part, column range) tasks (``n_row_parts``, ``n_column_splits``;
+    the batch-norm statistics and backward) picks its twin: its elements,
+    or 0 when there is a single task, which the parallel twin would run on
+    one thread after a launch. The caller passes the counts it gives the
+    kernel, rather than have them counted again here."""
+    return n_elements if n_parts * n_splits > 1 else 0
 
 
 # Per-part buffers: a kernel's per-part partials are allocated with

@@ -6,14 +6,16 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from ._validation import FLOAT32, FLOAT64
+
 SEED_KEYS = ("x_minus_mean", "normalized_data", "gamma", "ivar", "sqrtvar")
 
 # The dtypes the kernels read, in the machine's byte order. A tuple test
 # (``dtype in _KERNEL_FLOATS``) is an identity test first, and an equality
 # test (which refuses the other byte order) for an equal dtype that is
 # another object, as an unpickled cache's arrays carry.
-_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_KERNEL_FLOAT64 = (np.dtype(np.float64),)
+_KERNEL_FLOATS = (FLOAT32, FLOAT64)
+_KERNEL_FLOAT64 = (FLOAT64,)
 
 
 class BatchNormCache(Mapping):

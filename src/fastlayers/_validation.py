@@ -15,6 +15,12 @@ import numpy as np
 
 SUPPORTED = "float32 or float64 (integer and bool inputs are converted to float64)"
 
+# The dtypes the kernels read, in the machine's byte order. ``dtype is
+# FLOAT32`` is the fast test of the short entries; the other byte order,
+# or an equal dtype that is another object, takes the general path.
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+
 # BLAS takes 32-bit integer dimensions.
 MAX_BLAS_DIM = 2**31 - 1
 

@@ -35,6 +35,8 @@ from ._kernels.batchnorm import (
 )
 from ._kernels.relu import _relu_backward, _relu_forward, relu_backward_plain, relu_forward_plain
 from ._validation import (
+    FLOAT32,
+    FLOAT64,
     MAX_BLAS_DIM,
     as_float_array,
     check_blas_dims,
@@ -63,8 +65,6 @@ AffineCache = tuple[Any, Any, Any]
 NO_MASK_1D = np.empty(0, dtype=np.bool_)
 NO_MASK_2D = np.empty((0, 0), dtype=np.bool_)
 NO_ARRAY_1D = np.empty(0)
-_FLOAT32 = np.dtype(np.float32)
-_FLOAT64 = np.dtype(np.float64)
 _BOOL = np.dtype(np.bool_)
 
 
@@ -123,7 +123,7 @@ def _plain_matrices(x: Any, w: Any) -> tuple[int, int, int] | None:
     if type(x) is not array or type(w) is not array:
         return None
     dtype = x.dtype
-    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or w.dtype is not dtype:
+    if (dtype is not FLOAT32 and dtype is not FLOAT64) or w.dtype is not dtype:
         return None
     try:
         (n, d), (d_w, m) = x.shape, w.shape
@@ -402,10 +402,10 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     >>> out
     array([ 0. , -0. ,  0.5,  nan])
     """
-    if (out is None and type(x) is np.ndarray and (x.dtype is _FLOAT32 or x.dtype is _FLOAT64)
+    if (out is None and type(x) is np.ndarray and (x.dtype is FLOAT32 or x.dtype is FLOAT64)
             and _relu_forward.small(x.nbytes) and x.flags.c_contiguous):
         # The common small case: the serial twin's short entry, without the
-        # general checks (1.7 -> 1.3 us at 64x100 float32, BENCHMARKS.md
+        # general checks (1.58-1.77 -> 1.40-1.63 us at 64x100 float32, BENCHMARKS.md
         # session 16), as relu_backward's.
         result = np.empty(x.shape, x.dtype)
         relu_forward_plain(x, result)
@@ -466,7 +466,7 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
         # serial twin's short entry, without the general checks (2.6 -> 2.0
         # us at 64x100 float32, BENCHMARKS.md session 10).
         dtype, x_dtype = dout.dtype, cache.dtype
-        if ((dtype is _FLOAT32 or dtype is _FLOAT64) and (x_dtype is _FLOAT32 or x_dtype is _FLOAT64)
+        if ((dtype is FLOAT32 or dtype is FLOAT64) and (x_dtype is FLOAT32 or x_dtype is FLOAT64)
                 and dout.shape == cache.shape and _relu_backward.small(dout.nbytes)
                 and dout.flags.c_contiguous and cache.flags.c_contiguous):
             result = np.empty(dout.shape, dtype)
@@ -542,7 +542,7 @@ def _running_stat(func: str, bn_param: MutableMapping[str, Any], key: str, d: in
     if key not in bn_param:
         return np.zeros(d, dtype=dtype)
     stat = bn_param[key]
-    if type(stat) is np.ndarray and (stat.dtype is _FLOAT32 or stat.dtype is _FLOAT64) and stat.shape == (d,):
+    if type(stat) is np.ndarray and (stat.dtype is FLOAT32 or stat.dtype is FLOAT64) and stat.shape == (d,):
         return stat  # the common case, the array a train-mode call stored, without building a name (0.3 us)
     name = f"bn_param['{key}']"  # key is a fixed identifier: no repr() needed
     stat = as_float_array(stat, func, name)
@@ -724,7 +724,7 @@ def batchnorm_forward(
     >>> bn_param["running_mean"]
     array([0.2, 0.4])
     """
-    if (out is None and comm is None and type(x) is np.ndarray and (x.dtype is _FLOAT32 or x.dtype is _FLOAT64)
+    if (out is None and comm is None and type(x) is np.ndarray and (x.dtype is FLOAT32 or x.dtype is FLOAT64)
             and x.ndim == 2 and x.flags.c_contiguous):
         params = plain_train_params(gamma, beta, bn_param, x.dtype, x.shape)
         if params is not None:

@@ -186,6 +186,32 @@ def test_batchnorm_variance_has_two_pass_quality(n, path):
     assert cache.var[4] == 0.0
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 45, 517, 4099])
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_batchnorm_of_a_constant_beyond_1e154_has_zero_variance(n, path):
+    """A constant float64 column of 2**520 (3.4e156, whose sums are exact):
+    the square of its mean overflows, and Chan's merge into an empty
+    accumulator must not multiply that Inf by 0 (it gave a NaN variance,
+    and NaN outputs, where the seed page gives 0 and beta)."""
+    x = np.full((n, 3), 2.0**520)
+    x[:, 1] = -(2.0**600)
+    gamma, beta = np.ones(3), np.array([0.5, -2.0, 0.0])
+    with forced_path(path):
+        out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        grads = fl.batchnorm_backward(np.ones_like(x), cache)
+    out_ref, cache_ref = ref.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_array_equal(cache.var, 0.0)
+    np.testing.assert_array_equal(cache.mean, x[0])
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(out, np.broadcast_to(beta, x.shape))
+    dx, dgamma, dbeta = grads
+    dx_ref, dgamma_ref, dbeta_ref = ref.batchnorm_backward(np.ones_like(x), cache_ref)
+    np.testing.assert_array_equal(dgamma, dgamma_ref)
+    np.testing.assert_array_equal(dbeta, dbeta_ref)
+    # dx is 0 in exact arithmetic; the seed's closed form leaves 3e-13 to 1.4e-11 of rounding.
+    assert np.isfinite(dx).all() and np.abs(dx).max() <= max(np.abs(dx_ref).max(), 1e-12)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values_propagate_like_the_reference(bad):
     rng = np.random.default_rng(9)

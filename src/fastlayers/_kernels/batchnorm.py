@@ -80,10 +80,15 @@ def _chan_weights(count, n_new):
 
 @numba.njit(inline="always")
 def _chan_update(mean, m2, j, new_mean, new_m2, weight, cross):
-    """Merge column j's (new_mean, new_m2) into (mean[j], m2[j]) with ``_chan_weights``' weights."""
+    """Merge column j's (new_mean, new_m2) into (mean[j], m2[j]) with ``_chan_weights``' weights.
+
+    ``delta * cross`` comes first: into nothing (count 0, cross 0) it is 0,
+    where ``delta * delta`` overflows to Inf for means beyond 1.3e154 and
+    Inf * 0 is NaN (a constant float64 column of 2**520 had a NaN variance
+    and NaN outputs, where the seed page gives 0 and beta)."""
     delta = new_mean - mean[j]
     mean[j] += delta * weight
-    m2[j] += new_m2 + delta * delta * cross
+    m2[j] += new_m2 + delta * cross * delta
 
 
 @numba.njit(inline="always")

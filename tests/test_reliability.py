@@ -212,6 +212,32 @@ def test_batchnorm_of_a_constant_beyond_1e154_has_zero_variance(n, path):
     assert np.isfinite(dx).all() and np.abs(dx).max() <= max(np.abs(dx_ref).max(), 1e-12)
 
 
+@pytest.mark.parametrize("n", [2, 7, 8, 45, 517])
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_batchnorm_beyond_1e154_computes_as_in_the_normal_range(n, path):
+    """Features of magnitude 1e155 to 3e160 (means whose squares overflow)
+    give the bits of the same features scaled by 2**-512 into the normal
+    range, where the rest of the suite holds the kernels to the seed page:
+    with eps = 0 batch norm commutes with a power-of-two scaling, and so do
+    the kernels' roundings (session 15's tree gave NaNs here)."""
+    rng = np.random.default_rng(n)
+    x = np.empty((n, 3))
+    x[:, 0] = 1e155 * (1 + 1e-3 * rng.standard_normal(n))
+    x[:, 1] = 2e154 + np.where(np.arange(n) % 2 == 0, -1e152, 1e152)
+    x[:, 2] = -3e160 + 1e150 * rng.standard_normal(n)
+    dout = rng.standard_normal((n, 3))
+    gamma, beta = np.array([1.0, 2.0, -0.5]), np.array([0.0, 1.0, 3.0])
+    results = []
+    for scale in (1.0, 2.0**-512):
+        with forced_path(path):
+            out, cache = fl.batchnorm_forward(x * scale, gamma, beta, {"mode": "train", "eps": 0.0})
+            dx, dgamma, dbeta = fl.batchnorm_backward(dout, cache)
+        results.append((out, dx * scale, dgamma, dbeta))  # dx goes as 1 / scale
+    assert all(np.isfinite(a).all() for a in results[0])
+    for huge, normal in zip(*results):
+        assert bitwise_equal(huge, normal)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values_propagate_like_the_reference(bad):
     rng = np.random.default_rng(9)

@@ -14,6 +14,7 @@ import pytest
 
 import fastlayers as fl
 from fastlayers import reference as ref
+from fastlayers._distributed import SingleProcessComm
 from fastlayers._kernels._twins import forced_path
 from fastlayers._table import LAYERS
 
@@ -187,17 +188,19 @@ def test_batchnorm_variance_has_two_pass_quality(n, path):
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 45, 517, 4099])
-@pytest.mark.parametrize("path", ["serial", "parallel"])
+@pytest.mark.parametrize("path", ["serial", "parallel", "one rank"])
 def test_batchnorm_of_a_constant_beyond_1e154_has_zero_variance(n, path):
     """A constant float64 column of 2**520 (3.4e156, whose sums are exact):
     the square of its mean overflows, and Chan's merge into an empty
     accumulator must not multiply that Inf by 0 (it gave a NaN variance,
-    and NaN outputs, where the seed page gives 0 and beta)."""
+    and NaN outputs, where the seed page gives 0 and beta). "one rank" is
+    the synchronised path, whose ranks' merge is Chan's too."""
     x = np.full((n, 3), 2.0**520)
     x[:, 1] = -(2.0**600)
     gamma, beta = np.ones(3), np.array([0.5, -2.0, 0.0])
-    with forced_path(path):
-        out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    comm = SingleProcessComm() if path == "one rank" else None
+    with forced_path(None if comm else path):
+        out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, comm=comm)
         grads = fl.batchnorm_backward(np.ones_like(x), cache)
     out_ref, cache_ref = ref.batchnorm_forward(x, gamma, beta, {"mode": "train"})
     np.testing.assert_array_equal(cache.var, 0.0)

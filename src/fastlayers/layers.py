@@ -402,18 +402,12 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
     >>> out
     array([ 0. , -0. ,  0.5,  nan])
     """
-    if (out is None and type(x) is np.ndarray and (x.dtype is FLOAT32 or x.dtype is FLOAT64)
-            and _relu_forward.small(x.nbytes) and x.flags.c_contiguous):
-        # The common small case: the serial twin's short entry, without the
-        # general checks (1.58-1.77 -> 1.40-1.63 us at 64x100 float32, BENCHMARKS.md
-        # session 16), as relu_backward's.
-        result = np.empty(x.shape, x.dtype)
-        relu_forward_plain(x, result)
-        return result, x
     func = "relu_forward"
-    xa = as_float_array(x, func, "x")
+    # as_float_array's common case without its call: 1.58-1.77 -> 1.40-1.63
+    # us at 64x100 float32 (BENCHMARKS.md, session 16).
+    xa = x if type(x) is np.ndarray and (x.dtype is FLOAT32 or x.dtype is FLOAT64) else as_float_array(x, func, "x")
     if out is None:
-        if xa.flags.c_contiguous:  # without _flat_pair's call (a quarter of a small call)
+        if xa.flags.c_contiguous:  # the common case, without _flat_pair's call (a quarter of a small call)
             result = np.empty(xa.shape, dtype=xa.dtype)  # C order, so ravel() is a view
             if _relu_forward.small(xa.nbytes):  # the serial twin's short entry: 0.2 of 2 us at 64x100
                 relu_forward_plain(xa, result)

@@ -105,10 +105,7 @@ class TwinKernel:
         and no path is forced onto the parallel twin: a caller with a
         shorter entry to the serial twin (fewer arguments for numba to
         type) may take it instead."""
-        threshold = self.threshold  # threshold_for's lookup, inlined: small calls pay for every call
-        if type(threshold) is not int:
-            threshold = threshold[itemsize]
-        return work < threshold and _forced_path != "parallel"
+        return work < self.threshold_for(itemsize) and _forced_path != "parallel"
 
 
 # numba's getters of the calling thread's thread count and parallel chunk

@@ -13,7 +13,8 @@ bytes of x (dout for the backward) for ReLU, elements of x for batch
 norm, of the output for the affine layer.
 
 - ReLU: D = 256 (the width does not matter to an elementwise pass);
-- batch norm: D = 64, 256 and 4096;
+- batch norm: D = 64, 256 and 4096, and 2048 for the forward (a short batch of
+  D >= 2048 runs in column stripes: "Column stripes" in _twins.py);
 - the affine layer: D = 16, M = 1024, where the passes of its twins (the
   bias, db) weigh the most against the BLAS products.
 
@@ -50,6 +51,7 @@ from fastlayers._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
+    _batchnorm_train_stripes,
 )
 from fastlayers._kernels.relu import _relu_backward, _relu_forward
 from fastlayers._table import BY_NAME
@@ -65,7 +67,8 @@ AFFINE_WIDTH, AFFINE_OUTPUTS = 16, 1024  # D and M; the size sets N
 LAYERS: dict[str, tuple[tuple[TwinKernel, ...], tuple[int, ...], tuple[int, ...]]] = {
     "relu_forward": ((_relu_forward,), (256,), RELU_SIZES),
     "relu_backward": ((_relu_backward,), (256,), RELU_SIZES),
-    "batchnorm_forward": ((_batchnorm_stats, _batchnorm_normalize), (64, 256, 4096), BATCHNORM_SIZES),
+    "batchnorm_forward": ((_batchnorm_stats, _batchnorm_normalize, _batchnorm_train_stripes), (64, 256, 2048, 4096),
+                          BATCHNORM_SIZES),
     "batchnorm_backward": ((_batchnorm_backward,), (64, 256, 4096), BATCHNORM_SIZES),
     "affine_forward": ((_affine_forward,), (AFFINE_WIDTH,), AFFINE_SIZES),
     "affine_backward": ((_affine_backward,), (AFFINE_WIDTH,), AFFINE_SIZES),

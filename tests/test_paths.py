@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numba
 import numpy as np
 import pytest
 
@@ -13,8 +14,11 @@ from fastlayers._kernels import _twins
 from fastlayers._kernels._twins import (
     SERIAL_MERGE_MAX,
     SPLIT_MIN_COLUMNS,
+    STRIPE_COLUMNS,
+    STRIPE_MAX_BYTES,
     forced_path,
     n_column_splits,
+    n_column_stripes,
     n_row_parts,
     parted_work,
 )
@@ -25,6 +29,7 @@ from fastlayers._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
+    _batchnorm_train_stripes,
 )
 from fastlayers._table import LAYERS
 
@@ -140,7 +145,9 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
     1024 instead, so the statistics' and the backward's parallel twins run
     above their thresholds, and give the bits of the serial twins over
     whole rows. Several parts are not split. All shapes are above every
-    threshold."""
+    threshold. (The train-mode forward of these short batches runs in
+    column stripes instead, which is switched off here: see the next test.)"""
+    monkeypatch.setattr(layers, "n_column_stripes", lambda n_rows, n_features, itemsize: 0)
     itemsize = np.dtype(dtype).itemsize
     thresholds = (STATS_THRESHOLD[itemsize], BACKWARD_THRESHOLD[itemsize], NORMALIZE_THRESHOLD[itemsize])
     assert shape[0] * shape[1] >= max(thresholds)
@@ -167,6 +174,75 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
                                      (out, cache.mean, cache.var, *gradients),
                                      (serial_out, serial_cache.mean, serial_cache.var, *serial_gradients)):
         assert bitwise_equal(value, expected), name
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["batchnorm", "affine_batchnorm_relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 2048), (32, 8192), (40, 4600), (77, 3071), (128, 4096), (256, 4096)])
+def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, dtype, relu):
+    """A short, wide batch's train-mode forward runs its statistics and its
+    normalise in one parallel call, a stripe of columns a task: the bits of
+    the two passes over row parts (serial and parallel twins), with the
+    statistics, the running ones and the output (ReLU'd in the sandwich)."""
+    n, d = shape
+    itemsize = np.dtype(dtype).itemsize
+    stripes = n_column_stripes(n, d, itemsize) if numba.get_num_threads() > 1 else None
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    expected_stripes = d // STRIPE_COLUMNS if n * -(-d // (d // STRIPE_COLUMNS)) * itemsize <= STRIPE_MAX_BYTES else 0
+    assert stripes in (None, expected_stripes) and n_column_stripes(n, d, itemsize) == expected_stripes
+    taken = []
+    kernels = (_batchnorm_stats, _batchnorm_normalize, _batchnorm_train_stripes)
+    for kernel in kernels:
+        for twin in ("serial", "parallel"):
+            entry = getattr(kernel, twin)
+            monkeypatch.setattr(kernel, twin, lambda *args, entry=entry, name=f"{kernel.name} {twin}": (
+                taken.append(name), entry(*args))[1])
+    x = (rng.standard_normal((n, 3)) * 3 + 1).astype(dtype)
+    w = rng.standard_normal((3, d)).astype(dtype)
+    b, gamma, beta = (rng.standard_normal(d).astype(dtype) for _ in range(3))
+    running = {"running_mean": rng.standard_normal(d).astype(dtype), "running_var": rng.random(d).astype(dtype)}
+
+    def forward():
+        params = {"mode": "train", "eps": 1e-3, "momentum": 0.7, **running}
+        if relu:
+            out, (_, cache) = fl.affine_batchnorm_relu_forward(x, w, b, gamma, beta, params)
+        else:
+            out, cache = fl.batchnorm_forward(x @ w, gamma, beta, params)
+        return out, cache.mean, cache.var, params["running_mean"], params["running_var"]
+
+    results = {}
+    with forced_path("parallel"):
+        results["parallel"] = forward()
+    assert taken == (["batchnorm_train_stripes parallel"] if expected_stripes
+                     else ["batchnorm_stats parallel", "batchnorm_normalize parallel"])
+    with forced_path("serial"):  # the stripes' serial twin or, under its threshold, the short entry
+        results["serial"] = forward()
+    monkeypatch.setattr(layers, "n_column_stripes", lambda n_rows, n_features, itemsize: 0)
+    for path in ("parallel", "serial"):
+        with forced_path(path):
+            results[path + " by row parts"] = forward()
+    names = ("out", "mean", "var", "running_mean", "running_var")
+    for path, values in results.items():
+        for name, value, expected in zip(names, values, results["serial by row parts"]):
+            assert bitwise_equal(value, expected), (path, name)
+
+
+def test_column_stripes_where_they_pay():
+    """Stripes of 1024 to 2047 columns while a stripe of x fits in 1 MiB, as
+    many as the threads or more; else (0) the passes over row parts."""
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    previous = _twins._layer_calls
+    try:
+        for threads, shape, itemsize, expected in [
+            (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 0),
+            (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2), (2, (170, 3071), 4, 2), (2, (171, 3071), 4, 0),
+            (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
+        ]:
+            _twins._layer_calls = (lambda threads=threads: threads, chunk_size, set_chunk_size)
+            assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
+    finally:
+        _twins._layer_calls = previous
 
 
 def test_a_single_task_takes_the_serial_twin():

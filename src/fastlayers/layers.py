@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._cache import BatchNormCache, ReluMask
 from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels._blas import blas_int_zero
-from ._kernels._twins import n_column_splits, n_row_parts, parted_work
+from ._kernels._twins import STRIPES_MIN_FEATURES, n_column_splits, n_column_stripes, n_row_parts, parted_work
 from ._kernels.affine import (
     _affine_backward,
     _affine_forward,
@@ -28,6 +28,7 @@ from ._kernels.batchnorm import (
     _batchnorm_backward,
     _batchnorm_normalize,
     _batchnorm_stats,
+    _batchnorm_train_stripes,
     batchnorm_backward_plain,
     batchnorm_relu_train_plain,
     batchnorm_train_plain,
@@ -572,6 +573,10 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
             () if train else (("out", "x"),))
     x_c = np.ascontiguousarray(xa)
     cache = None
+    relu_like = np.empty(0, dtype=out.dtype) if relu else None
+    # A short batch's statistics and normalise in one call, stripe by stripe
+    # ("Column stripes" in _twins.py); else a pass for each.
+    n_stripes = n_column_stripes(n, d, xa.dtype.itemsize) if train and comm is None else 0
     if train:
         # Zeros: with comm, a rank without rows contributes no statistics.
         center = np.zeros(d) if comm is not None else np.empty(d)
@@ -584,7 +589,11 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         n_parts = n_row_parts(n)
         tasks = (n_parts, n_column_splits(n_parts, d))
         work = parted_work(*tasks, n * d)
-        if comm is None:
+        if n_stripes:
+            n_total = n
+            _batchnorm_train_stripes(n * d, x_c, n_parts, n_stripes, gamma_a, beta_a, args["eps"], momentum,
+                                     running_mean, running_var, center, var, new_mean, new_var, relu_like, out)
+        elif comm is None:
             n_total = n
             _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean, new_var)
         else:
@@ -600,8 +609,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     else:
         center = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    relu_like = np.empty(0, dtype=out.dtype) if relu else None
-    _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
+    if not n_stripes:
+        _batchnorm_normalize(n * d, x_c, center, var, gamma_a, beta_a, args["eps"], relu_like, out)
     if train:
         bn_param["running_mean"] = running_mean
         bn_param["running_var"] = running_var
@@ -625,8 +634,12 @@ def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
     which converts it or says what is wrong with it.
     """
     n, d = shape
-    # The statistics and the normalise share their threshold: one test for both.
-    if type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d, dtype.itemsize):
+    # The statistics and the normalise share their threshold: one test for
+    # both. A batch short and wide enough for column stripes runs them in
+    # parallel from a smaller size ("Column stripes" in _twins.py).
+    if (type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d, dtype.itemsize)
+            or (d >= STRIPES_MIN_FEATURES and not _batchnorm_train_stripes.small(n * d, dtype.itemsize)
+                and n_column_stripes(n, d, dtype.itemsize))):
         return None
     mode, eps, momentum = bn_param.get("mode"), bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
     if type(mode) is not str or mode != "train" or type(eps) is not float or type(momentum) is not float:

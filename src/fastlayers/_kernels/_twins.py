@@ -206,6 +206,37 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
     return max(1, min(MAX_COLUMN_SPLITS, n_features // SPLIT_MIN_COLUMNS))
 
 
+# Column stripes: a short batch's train-mode forward (``_batchnorm_train_stripes``)
+# gives each task a stripe of STRIPE_COLUMNS to twice as many columns through both
+# passes, so that the normalise reads the stripe again from the core's L2
+# rather than x from L3 or memory. It pays while a stripe of x fits in half
+# an L2 (2 MiB a core on the machine measured): up to 256 float32 or 128
+# float64 rows. Measured (2 cores, kernels alone, statistics + normalise /
+# stripes of 1024 columns, median of 31, us, BENCHMARKS.md session 17):
+# float32 64x4096 101/78, 128x4096 200/164, 256x4096 398/335, 512x4096
+# 671/682; float64 64x4096 180/135, 128x4096 330/284, 256x4096 607/615.
+# Stripes of 512 columns lost where a row's slice was under 4 KiB (float32
+# 512x4096: 711 against 650), and the serial twins gained nothing from
+# stripes (256x4096 float32 511-557 against 536-555 us). A stripe per task
+# and no more tasks than stripes: where the threads outnumber the stripes,
+# the row parts' tasks are kept (not measured beyond 2 threads).
+STRIPE_COLUMNS = 1024
+STRIPES_MIN_FEATURES = 2 * STRIPE_COLUMNS
+STRIPE_MAX_BYTES = 1 << 20
+
+
+def n_column_stripes(n_rows: int, n_features: int, itemsize: int) -> int:
+    """Into how many column stripes ``_batchnorm_train_stripes`` splits an
+    (n_rows, n_features) x of ``itemsize`` bytes an element (see "Column
+    stripes"), or 0 where the two passes over row parts serve better: a
+    stripe too large for L2, fewer stripes than threads, or one thread."""
+    n_stripes = n_features // STRIPE_COLUMNS
+    if n_features < STRIPES_MIN_FEATURES or n_rows * -(-n_features // n_stripes) * itemsize > STRIPE_MAX_BYTES:
+        return 0
+    n_threads = (_layer_calls or _bind_layer_calls())[0]()
+    return n_stripes if 2 <= n_threads <= n_stripes else 0
+
+
 @numba.njit(inline="always")
 def task_bounds(task: int, n_splits: int, n_rows: int, n_parts: int, n_features: int
                 ) -> tuple[int, int, int, int, int]:

@@ -58,6 +58,15 @@ from .relu import passes
 # 61-67 us (62.7) with both parallel (session 14).
 STATS_THRESHOLD = {4: 11 << 14, 8: 3 << 15}
 NORMALIZE_THRESHOLD = STATS_THRESHOLD
+# The forward in column stripes (a short batch, D >= 2048: "Column stripes"
+# in _twins.py), measured the same way (session 17, two runs; serial is the
+# short entry's two serial twins). Serial / parallel us at D = 2048 and 4096:
+#   float32, 112 Ki: 54.5/60.3, 70.3/65.7 (run 2: 57.5/59.5, 69.0/64.8);
+#     128 Ki: 66.6/70.7, 80.1/68.3 (run 2: 70.1/66.9, 74.8/67.6);
+#   float64, 64 Ki: 56.9/60.7, 72.3/66.7 (run 2: 62.3/60.0, 71.7/65.6);
+#     80 Ki: 75.1/72.4, 97.4/84.4 (run 2: 73.4/67.5, 94.6/76.5).
+# The float32 threshold is 128 Ki, where D = 2048 came out 6% either way.
+TRAIN_STRIPES_THRESHOLD = {4: 8 << 14, 8: 5 << 14}
 BACKWARD_THRESHOLD = {4: 7 << 14, 8: 1 << 16}
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
@@ -203,12 +212,11 @@ def _part_moments(mean, m2, x, start, stop, first, last):
 
 
 @numba.njit(error_model="numpy")
-def _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk):
-    """Column chunk ``chunk`` of the row parts' moments merged in part order
+def _merge_moments(n_rows, part_mean, part_m2, mean, var, start, stop):
+    """Columns [start, stop) of the row parts' moments merged in part order
     into mean and the biased var (a function of its own, as
     ``sum_parts_chunk``)."""
-    n_parts, n_features = part_mean.shape
-    start, stop = column_chunk(n_features, chunk)
+    n_parts = part_mean.shape[0]
     chunk_mean, chunk_var = mean[start:stop], var[start:stop]
     chunk_mean[:] = 0.0
     chunk_var[:] = 0.0
@@ -240,10 +248,12 @@ def _batchnorm_stats(x, n_parts, n_splits, mean, var, momentum, running_mean, ru
         _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
     if merge_in_parallel(n_parts, n_features):  # else on this thread: "Merges on the calling thread", _twins.py
         for chunk in prange(n_column_chunks(n_features)):
-            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
+            start, stop = column_chunk(n_features, chunk)
+            _merge_moments(n_rows, part_mean, part_m2, mean, var, start, stop)
     else:
         for chunk in range(n_column_chunks(n_features)):
-            _merge_moments_chunk(n_rows, part_mean, part_m2, mean, var, chunk)
+            start, stop = column_chunk(n_features, chunk)
+            _merge_moments(n_rows, part_mean, part_m2, mean, var, start, stop)
     _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
 
 
@@ -284,12 +294,19 @@ def merge_rank_statistics(counts, means, m2s, mean, m2):
 
 
 @numba.njit(inline="always")
-def _scales(gamma, var, eps):
-    """gamma / sqrt(var + eps) per feature, float64: the normalise pass's
-    multiplier, computed one way everywhere so recomputed outputs match."""
-    scale = np.empty(var.size)
-    for j in range(var.size):
+def _fill_scales(scale, gamma, var, eps):
+    """scale[j] = gamma[j] / sqrt(var[j] + eps), float64: the normalise
+    pass's multiplier, computed one way everywhere so recomputed outputs
+    match (a range of features is passed as views)."""
+    for j in range(scale.size):
         scale[j] = gamma[j] * (1.0 / np.sqrt(var[j] + eps))
+
+
+@numba.njit(inline="always")
+def _scales(gamma, var, eps):
+    """``_fill_scales`` of every feature, into a new array."""
+    scale = np.empty(var.size)
+    _fill_scales(scale, gamma, var, eps)
     return scale
 
 
@@ -321,13 +338,16 @@ def _relu_after_overload(value, relu_like):
 
 
 @numba.njit(error_model="numpy")
-def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop):
-    """out's rows [start, stop), four rows per sweep over the columns."""
+def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, first, last):
+    """out's rows [start, stop) over the columns [first, last), four rows per
+    sweep; rows are slices of the range, walked from 0 (see "Column ranges"
+    in _twins.py)."""
+    center, scale, shift = center[first:last], scale[first:last], shift[first:last]
     i = start
     while i + 4 <= stop:
-        r0, r1, r2, r3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
-        for j in range(x.shape[1]):
+        r0, r1, r2, r3 = _four_rows(x, i, first, last)
+        o0, o1, o2, o3 = _four_rows(out, i, first, last)
+        for j in range(center.size):
             c, s, b = center[j], scale[j], shift[j]
             o0[j] = relu_after(_normalized(r0[j], c, s, b, out), relu_like)
             o1[j] = relu_after(_normalized(r1[j], c, s, b, out), relu_like)
@@ -335,8 +355,9 @@ def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop):
             o3[j] = relu_after(_normalized(r3[j], c, s, b, out), relu_like)
         i += 4
     for k in range(i, stop):
-        for j in range(x.shape[1]):
-            out[k, j] = relu_after(_normalized(x[k, j], center[j], scale[j], shift[j], out), relu_like)
+        x_row, out_row = x[k, first:last], out[k, first:last]
+        for j in range(center.size):
+            out_row[j] = relu_after(_normalized(x_row[j], center[j], scale[j], shift[j], out), relu_like)
 
 
 @twin(NORMALIZE_THRESHOLD)
@@ -361,7 +382,38 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
     task_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
     for task in prange((n_rows + task_rows - 1) // task_rows):
         start = task * task_rows
-        _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows))
+        _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows), 0, n_features)
+
+
+@twin(TRAIN_STRIPES_THRESHOLD)
+def _batchnorm_train_stripes(x, n_parts, n_stripes, gamma, beta, eps, momentum, running_mean, running_var, mean,
+                             var, new_running_mean, new_running_var, relu_like, out):
+    """A short batch's train-mode forward, both passes in one call, each task
+    a stripe of columns (``n_column_stripes``): the stripe's statistics over
+    the n_parts row parts, merged in part order, then its normalise (and
+    ReLU, as ``_batchnorm_normalize``) while the stripe is still in the
+    core's L2, instead of a second read of x from L3 or memory. Each column
+    adds the same rows in the same order and each element is normalised by
+    the same expression as in ``_batchnorm_stats`` then
+    ``_batchnorm_normalize``: the same bits, whatever the stripes. Needs
+    D >= SWEEP_MIN_FEATURES (the normalise's four-row sweeps)."""
+    n_rows, n_features = x.shape
+    part_mean = np.empty((n_parts, n_features))
+    part_m2 = np.empty((n_parts, n_features))
+    scale = np.empty(n_features)
+    shift = np.empty(n_features)
+    for stripe in prange(n_stripes):
+        first, last = part_bounds(n_features, n_stripes, stripe)
+        for part in range(n_parts):
+            start, stop = part_bounds(n_rows, n_parts, part)
+            _part_moments(part_mean[part, first:last], part_m2[part, first:last], x, start, stop, first, last)
+        _merge_moments(n_rows, part_mean, part_m2, mean, var, first, last)
+        _fill_scales(scale[first:last], gamma[first:last], var[first:last], eps)
+        stripe_shift, stripe_beta = shift[first:last], beta[first:last]
+        for j in range(stripe_shift.size):
+            stripe_shift[j] = stripe_beta[j]
+        _normalize_rows(x, mean, scale, shift, relu_like, out, 0, n_rows, first, last)
+    _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
 
 
 _batchnorm_stats_serial = _batchnorm_stats.serial

@@ -13,8 +13,8 @@ bytes of x (dout for the backward) for ReLU, elements of x for batch
 norm, of the output for the affine layer.
 
 - ReLU: D = 256 (the width does not matter to an elementwise pass);
-- batch norm: D = 64, 256 and 4096, and 2048 for the forward (a short batch of
-  D >= 2048 runs in column stripes: "Column stripes" in _twins.py);
+- batch norm: D = 64, 256, 2048 and 4096 (a short batch of D >= 2048 runs
+  in column stripes: "Column stripes" in _twins.py);
 - the affine layer: D = 16, M = 1024, where the passes of its twins (the
   bias, db) weigh the most against the BLAS products.
 
@@ -49,6 +49,7 @@ from fastlayers._kernels._twins import TwinKernel, n_row_parts
 from fastlayers._kernels.affine import _affine_backward, _affine_forward
 from fastlayers._kernels.batchnorm import (
     _batchnorm_backward,
+    _batchnorm_backward_stripes,
     _batchnorm_normalize,
     _batchnorm_stats,
     _batchnorm_train_stripes,
@@ -69,7 +70,7 @@ LAYERS: dict[str, tuple[tuple[TwinKernel, ...], tuple[int, ...], tuple[int, ...]
     "relu_backward": ((_relu_backward,), (256,), RELU_SIZES),
     "batchnorm_forward": ((_batchnorm_stats, _batchnorm_normalize, _batchnorm_train_stripes), (64, 256, 2048, 4096),
                           BATCHNORM_SIZES),
-    "batchnorm_backward": ((_batchnorm_backward,), (64, 256, 4096), BATCHNORM_SIZES),
+    "batchnorm_backward": ((_batchnorm_backward, _batchnorm_backward_stripes), (64, 256, 2048, 4096), BATCHNORM_SIZES),
     "affine_forward": ((_affine_forward,), (AFFINE_WIDTH,), AFFINE_SIZES),
     "affine_backward": ((_affine_backward,), (AFFINE_WIDTH,), AFFINE_SIZES),
 }

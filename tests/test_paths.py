@@ -27,6 +27,7 @@ from fastlayers._kernels.batchnorm import (
     NORMALIZE_THRESHOLD,
     STATS_THRESHOLD,
     _batchnorm_backward,
+    _batchnorm_backward_stripes,
     _batchnorm_normalize,
     _batchnorm_stats,
     _batchnorm_train_stripes,
@@ -147,7 +148,7 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
     whole rows. Several parts are not split. All shapes are above every
     threshold. (The train-mode forward of these short batches runs in
     column stripes instead, which is switched off here: see the next test.)"""
-    monkeypatch.setattr(layers, "n_column_stripes", lambda n_rows, n_features, itemsize: 0)
+    monkeypatch.setattr(layers, "n_column_stripes", lambda *shape_and_sizes: 0)
     itemsize = np.dtype(dtype).itemsize
     thresholds = (STATS_THRESHOLD[itemsize], BACKWARD_THRESHOLD[itemsize], NORMALIZE_THRESHOLD[itemsize])
     assert shape[0] * shape[1] >= max(thresholds)
@@ -180,57 +181,74 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 2048), (32, 8192), (40, 4600), (77, 3071), (128, 4096), (256, 4096)])
 def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, dtype, relu):
-    """A short, wide batch's train-mode forward runs its statistics and its
-    normalise in one parallel call, a stripe of columns a task: the bits of
-    the two passes over row parts (serial and parallel twins), with the
-    statistics, the running ones and the output (ReLU'd in the sandwich)."""
+    """A short, wide batch runs its train-mode forward (statistics and
+    normalise) in one parallel call, and its backward (reductions and dx)
+    in another, a stripe of columns a task: the bits of the two passes
+    over row parts (serial and parallel twins), for the output (ReLU'd in
+    the sandwich), the statistics, the running ones and the gradients
+    (with the affine layer's db in the sandwich, and dx written into dout)."""
     n, d = shape
     itemsize = np.dtype(dtype).itemsize
-    stripes = n_column_stripes(n, d, itemsize) if numba.get_num_threads() > 1 else None
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
-    expected_stripes = d // STRIPE_COLUMNS if n * -(-d // (d // STRIPE_COLUMNS)) * itemsize <= STRIPE_MAX_BYTES else 0
-    assert stripes in (None, expected_stripes) and n_column_stripes(n, d, itemsize) == expected_stripes
+    widest = -(-d // (d // STRIPE_COLUMNS))  # columns
+    forward_stripes, backward_stripes = (d // STRIPE_COLUMNS if n_arrays * n * widest * itemsize <= STRIPE_MAX_BYTES
+                                         else 0 for n_arrays in (1, 2))  # x; dout and x
+    assert n_column_stripes(n, d, itemsize) == forward_stripes
+    assert n_column_stripes(n, d, itemsize, 2) == backward_stripes
     taken = []
-    kernels = (_batchnorm_stats, _batchnorm_normalize, _batchnorm_train_stripes)
-    for kernel in kernels:
+    for kernel in (_batchnorm_stats, _batchnorm_normalize, _batchnorm_train_stripes, _batchnorm_backward,
+                   _batchnorm_backward_stripes):
         for twin in ("serial", "parallel"):
             entry = getattr(kernel, twin)
             monkeypatch.setattr(kernel, twin, lambda *args, entry=entry, name=f"{kernel.name} {twin}": (
-                taken.append(name), entry(*args))[1])
+                taken.append(name.replace("batchnorm_", "")), entry(*args))[1])
     x = (rng.standard_normal((n, 3)) * 3 + 1).astype(dtype)
     w = rng.standard_normal((3, d)).astype(dtype)
+    pre = x @ w
+    dout = rng.standard_normal((n, d)).astype(dtype)
     b, gamma, beta = (rng.standard_normal(d).astype(dtype) for _ in range(3))
     running = {"running_mean": rng.standard_normal(d).astype(dtype), "running_var": rng.random(d).astype(dtype)}
 
-    def forward():
+    def train_step():
         params = {"mode": "train", "eps": 1e-3, "momentum": 0.7, **running}
         if relu:
-            out, (_, cache) = fl.affine_batchnorm_relu_forward(x, w, b, gamma, beta, params)
+            out, cache = fl.affine_batchnorm_relu_forward(x, w, b, gamma, beta, params)
+            gradients = fl.affine_batchnorm_relu_backward(dout, cache)
+            cache = cache[1]
         else:
-            out, cache = fl.batchnorm_forward(x @ w, gamma, beta, params)
-        return out, cache.mean, cache.var, params["running_mean"], params["running_var"]
+            out, cache = fl.batchnorm_forward(pre, gamma, beta, params)
+            gradients = fl.batchnorm_backward(dout, cache)
+            in_place = dout.copy()
+            fl.batchnorm_backward(in_place, cache, dx=in_place)
+            gradients += (in_place,)
+        return out, cache.mean, cache.var, params["running_mean"], params["running_var"], *gradients
 
     results = {}
     with forced_path("parallel"):
-        results["parallel"] = forward()
-    assert taken == (["batchnorm_train_stripes parallel"] if expected_stripes
-                     else ["batchnorm_stats parallel", "batchnorm_normalize parallel"])
-    with forced_path("serial"):  # the stripes' serial twin or, under its threshold, the short entry
-        results["serial"] = forward()
-    monkeypatch.setattr(layers, "n_column_stripes", lambda n_rows, n_features, itemsize: 0)
+        results["parallel"] = train_step()
+    assert taken == ((["train_stripes parallel"] if forward_stripes else ["stats parallel", "normalize parallel"])
+                     + ["backward_stripes parallel" if backward_stripes else "backward parallel"] * (1 if relu else 2))
+    with forced_path("serial"):  # the passes' serial twins: the stripes' serial twins are never called
+        results["serial"] = train_step()
+    assert not [name for name in taken if "stripes serial" in name]
+    monkeypatch.setattr(layers, "n_column_stripes", lambda *shape_and_sizes: 0)
     for path in ("parallel", "serial"):
         with forced_path(path):
-            results[path + " by row parts"] = forward()
-    names = ("out", "mean", "var", "running_mean", "running_var")
+            results[path + " by row parts"] = train_step()
+    names = ("out", "mean", "var", "running_mean", "running_var", "dx", "dgamma", "dbeta", "dx in place")
+    if relu:
+        names = ("out", "mean", "var", "running_mean", "running_var", "dx", "dw", "db", "dgamma", "dbeta")
     for path, values in results.items():
+        assert len(values) == len(names)
         for name, value, expected in zip(names, values, results["serial by row parts"]):
             assert bitwise_equal(value, expected), (path, name)
 
 
 def test_column_stripes_where_they_pay():
-    """Stripes of 1024 to 2047 columns while a stripe of x fits in 1 MiB, as
-    many as the threads or more; else (0) the passes over row parts."""
+    """Stripes of 1024 to 2047 columns while the stripes of the arrays read
+    twice (x; dout and x) fit in 1 MiB, as many as the threads or more;
+    else (0) the passes over row parts."""
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     previous = _twins._layer_calls
     try:
@@ -241,6 +259,8 @@ def test_column_stripes_where_they_pay():
         ]:
             _twins._layer_calls = (lambda threads=threads: threads, chunk_size, set_chunk_size)
             assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
+            # Two arrays (the backward): as one of twice the rows.
+            assert n_column_stripes(*shape, itemsize, 2) == n_column_stripes(2 * shape[0], shape[1], itemsize)
     finally:
         _twins._layer_calls = previous
 

@@ -85,7 +85,7 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
             raise TypeError(f"warmup: dtypes must be float32 or float64, got {name!r}")
         x = np.ones((4, 3), dtype)
         w = np.ones((3, 2), dtype)
-        # Wide enough for the train-mode forward's column stripes at this thread count.
+        # Wide enough for batch norm's column stripes at this thread count.
         wide_w = np.ones((3, _twins.STRIPE_COLUMNS * max(2, get_num_threads())), dtype)
         wide = x @ wide_w
         for path in ("serial", "parallel"):
@@ -109,5 +109,7 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64")) -> None:
                 affine_batchnorm_relu_backward(out, cache)
                 out, cache = batchnorm_forward(x, x[0], x[0], {"mode": "train"}, comm=SingleProcessComm())
                 batchnorm_backward(out, cache)
-                batchnorm_forward(wide, wide[0], wide[0], {"mode": "train"})
-                affine_batchnorm_relu_forward(x, wide_w, wide[0], wide[0], wide[0], {"mode": "train"})
+                out, cache = batchnorm_forward(wide, wide[0], wide[0], {"mode": "train"})
+                batchnorm_backward(out, cache)
+                out, cache = affine_batchnorm_relu_forward(x, wide_w, wide[0], wide[0], wide[0], {"mode": "train"})
+                affine_batchnorm_relu_backward(out, cache)

@@ -16,7 +16,14 @@ from numpy.typing import ArrayLike, NDArray
 from ._cache import BatchNormCache, ReluMask
 from ._distributed import check_communicator, global_rows, merge_statistics, sum_over_ranks
 from ._kernels._blas import blas_int_zero
-from ._kernels._twins import STRIPES_MIN_FEATURES, n_column_splits, n_column_stripes, n_row_parts, parted_work
+from ._kernels._twins import (
+    STRIPES_MIN_FEATURES,
+    TwinKernel,
+    n_column_splits,
+    n_column_stripes,
+    n_row_parts,
+    parted_work,
+)
 from ._kernels.affine import (
     _affine_backward,
     _affine_forward,
@@ -26,6 +33,7 @@ from ._kernels.affine import (
 )
 from ._kernels.batchnorm import (
     _batchnorm_backward,
+    _batchnorm_backward_stripes,
     _batchnorm_normalize,
     _batchnorm_stats,
     _batchnorm_train_stripes,
@@ -576,7 +584,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     relu_like = np.empty(0, dtype=out.dtype) if relu else None
     # A short batch's statistics and normalise in one call, stripe by stripe
     # ("Column stripes" in _twins.py); else a pass for each.
-    n_stripes = n_column_stripes(n, d, xa.dtype.itemsize) if train and comm is None else 0
+    n_stripes = (n_column_stripes(n, d, xa.dtype.itemsize) if train and comm is None
+                 and _batchnorm_train_stripes.parallel_wins(n * d, xa.dtype.itemsize) else 0)
     if train:
         # Zeros: with comm, a rank without rows contributes no statistics.
         center = np.zeros(d) if comm is not None else np.empty(d)
@@ -620,6 +629,18 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     return out, cache
 
 
+def serial_batchnorm(passes: TwinKernel, stripes: TwinKernel, n: int, d: int, itemsize: int, n_arrays: int) -> bool:
+    """Whether batch norm's ``passes`` over row parts (the forward's or the
+    backward's, which read ``n_arrays`` (n, d) arrays twice) run on their
+    serial twin for elements of ``itemsize`` bytes: under their threshold,
+    and not a batch short and wide enough for column stripes, whose kernel
+    (``stripes``) runs in parallel from a smaller size ("Column stripes"
+    in _twins.py)."""
+    work = n * d
+    return passes.small(work, itemsize) and (d < STRIPES_MIN_FEATURES or not stripes.parallel_wins(work, itemsize)
+                                             or not n_column_stripes(n, d, itemsize, n_arrays))
+
+
 def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
                        shape: tuple[int, int]) -> tuple[float, float, Any, Any] | None:
     """(eps, momentum, running_mean, running_var) if a train-mode batch norm
@@ -634,12 +655,9 @@ def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
     which converts it or says what is wrong with it.
     """
     n, d = shape
-    # The statistics and the normalise share their threshold: one test for
-    # both. A batch short and wide enough for column stripes runs them in
-    # parallel from a smaller size ("Column stripes" in _twins.py).
-    if (type(bn_param) is not dict or n == 0 or not _batchnorm_normalize.small(n * d, dtype.itemsize)
-            or (d >= STRIPES_MIN_FEATURES and not _batchnorm_train_stripes.small(n * d, dtype.itemsize)
-                and n_column_stripes(n, d, dtype.itemsize))):
+    # The statistics and the normalise share their threshold: one test for both.
+    if (type(bn_param) is not dict or n == 0
+            or not serial_batchnorm(_batchnorm_normalize, _batchnorm_train_stripes, n, d, dtype.itemsize, 1)):
         return None
     mode, eps, momentum = bn_param.get("mode"), bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
     if type(mode) is not str or mode != "train" or type(eps) is not float or type(momentum) is not float:
@@ -769,9 +787,18 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     dout_c = np.ascontiguousarray(douta)
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)
+    column_sums = relu_column_sums if relu else NO_ARRAY_1D
+    itemsize = dout_c.dtype.itemsize
+    # A short batch's two passes in one call, stripe by stripe ("Column stripes" in _twins.py).
+    n_stripes = (n_column_stripes(n, d, itemsize, 2) if cache.comm is None
+                 and _batchnorm_backward_stripes.parallel_wins(n * d, itemsize) else 0)
+    if n_stripes:
+        _batchnorm_backward_stripes(n * d, dout_c, cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps,
+                                    relu_like, n_parts, n_stripes, dx, dgamma, dbeta, column_sums)
+        return dx, dgamma, dbeta
     n_splits = n_column_splits(n_parts, d)
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
-    outputs = (n_parts, n_splits, dx, dgamma, dbeta, relu_column_sums if relu else NO_ARRAY_1D)
+    outputs = (n_parts, n_splits, dx, dgamma, dbeta, column_sums)
     sums = np.empty((2, d))
     work = parted_work(n_parts, n_splits, n * d)
     if cache.comm is None:
@@ -828,7 +855,8 @@ def batchnorm_backward(dout: ArrayLike, cache: BatchNormCache, *, dx: Any = None
     # As in batchnorm_forward: the common small case skips the general
     # checks (a plain dout of x's shape and of the cache's one dtype).
     if (dx is None and dgamma is None and dbeta is None and cache.comm is None and cache.dtype is dtype
-            and _batchnorm_backward.small(x.size, dtype.itemsize) and _is_plain(dout, dtype, x.shape)):
+            and serial_batchnorm(_batchnorm_backward, _batchnorm_backward_stripes, *x.shape, dtype.itemsize, 2)
+            and _is_plain(dout, dtype, x.shape)):
         n, d = x.shape
         dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype)
         batchnorm_backward_plain(dout, x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps,

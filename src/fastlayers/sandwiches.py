@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike
 from ._cache import BatchNormCache, ReluMask
 from ._kernels._blas import blas_int_zero
 from ._kernels.affine import affine_forward_plain, affine_input_gradients, affine_relu_forward_plain
-from ._kernels.batchnorm import _batchnorm_backward, batchnorm_gradients_plain
+from ._kernels.batchnorm import _batchnorm_backward, _batchnorm_backward_stripes, batchnorm_gradients_plain
 from ._validation import as_float_array, check_overlaps
 from .layers import (
     FloatArray,
@@ -43,6 +43,7 @@ from .layers import (
     batchnorm_gradients,
     batchnorm_setup,
     plain_train_params,
+    serial_batchnorm,
     small_plain_affine,
     small_plain_gradients,
     train_plain,
@@ -182,7 +183,8 @@ def affine_batchnorm_relu_backward(
         dtype = pre.dtype
         # The single layers' small common case: plain operands of one dtype.
         if (dims is not None and x.dtype is dtype and bn_cache.dtype is dtype and pre.shape == (dims[0], dims[2])
-                and _batchnorm_backward.small(pre.size, dtype.itemsize) and _is_plain(dout, dtype, pre.shape)):
+                and serial_batchnorm(_batchnorm_backward, _batchnorm_backward_stripes, *pre.shape, dtype.itemsize, 2)
+                and _is_plain(dout, dtype, pre.shape)):
             n, d, m = dims
             dpre, db = np.empty((n, m), dtype), np.empty(m, dtype)
             dgamma, dbeta = np.empty(m, dtype), np.empty(m, dtype)

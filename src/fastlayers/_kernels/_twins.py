@@ -107,6 +107,14 @@ class TwinKernel:
         type) may take it instead."""
         return work < self.threshold_for(itemsize) and _forced_path != "parallel"
 
+    def parallel_wins(self, work: int, itemsize: int | None = None) -> bool:
+        """Whether ``work`` is at or over the threshold for arrays of
+        ``itemsize``, or the parallel path is forced (and the serial one
+        is not): for a kernel whose callers run another kernel's serial
+        twin below its threshold, so that its own is never compiled."""
+        path = _forced_path
+        return path == "parallel" or (path is None and work >= self.threshold_for(itemsize))
+
 
 # numba's getters of the calling thread's thread count and parallel chunk
 # size, and the chunk size's setter: the threading layer's C functions once
@@ -206,32 +214,41 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
     return max(1, min(MAX_COLUMN_SPLITS, n_features // SPLIT_MIN_COLUMNS))
 
 
-# Column stripes: a short batch's train-mode forward (``_batchnorm_train_stripes``)
-# gives each task a stripe of STRIPE_COLUMNS to twice as many columns through both
-# passes, so that the normalise reads the stripe again from the core's L2
-# rather than x from L3 or memory. It pays while a stripe of x fits in half
-# an L2 (2 MiB a core on the machine measured): up to 256 float32 or 128
-# float64 rows. Measured (2 cores, kernels alone, statistics + normalise /
-# stripes of 1024 columns, median of 31, us, BENCHMARKS.md session 17):
-# float32 64x4096 101/78, 128x4096 200/164, 256x4096 398/335, 512x4096
-# 671/682; float64 64x4096 180/135, 128x4096 330/284, 256x4096 607/615.
-# Stripes of 512 columns lost where a row's slice was under 4 KiB (float32
-# 512x4096: 711 against 650), and the serial twins gained nothing from
-# stripes (256x4096 float32 511-557 against 536-555 us). A stripe per task
-# and no more tasks than stripes: where the threads outnumber the stripes,
-# the row parts' tasks are kept (not measured beyond 2 threads).
+# Column stripes: a short batch's batch norm (``_batchnorm_train_stripes``,
+# ``_batchnorm_backward_stripes``) gives each task a stripe of STRIPE_COLUMNS
+# to twice as many columns through both passes, so that the second pass
+# reads the stripe again from the core's L2 rather than from L3 or memory.
+# It pays while the stripes of the arrays both passes read (x; dout and x
+# for the backward) fit in half an L2 (2 MiB a core on the machine
+# measured): up to 256 float32 or 128 float64 rows for the forward, half
+# that for the backward. Measured (2 cores, BENCHMARKS.md session 17):
+# - forward, kernels alone, statistics + normalise / stripes of 1024
+#   columns, median of 31, us: float32 64x4096 101/78, 128x4096 200/164,
+#   256x4096 398/335, 512x4096 671/682; float64 64x4096 180/135, 128x4096
+#   330/284, 256x4096 607/615;
+# - backward, the public function, by row parts / stripes, median of 41
+#   alternating, us: float32 128x4096 330/307, 256x4096 584/625, 256x2048
+#   317/338; float64 128x4096 510/504.
+# Stripes of 512 columns lost where a row's slice was under 4 KiB (forward
+# float32 512x4096: 711 against 650), and the serial twins gained nothing
+# from stripes (forward 256x4096 float32 511-557 against 536-555 us). A
+# stripe per task and no more tasks than stripes: where the threads
+# outnumber the stripes, the row parts' tasks are kept (not measured
+# beyond 2 threads).
 STRIPE_COLUMNS = 1024
 STRIPES_MIN_FEATURES = 2 * STRIPE_COLUMNS
 STRIPE_MAX_BYTES = 1 << 20
 
 
-def n_column_stripes(n_rows: int, n_features: int, itemsize: int) -> int:
-    """Into how many column stripes ``_batchnorm_train_stripes`` splits an
-    (n_rows, n_features) x of ``itemsize`` bytes an element (see "Column
-    stripes"), or 0 where the two passes over row parts serve better: a
-    stripe too large for L2, fewer stripes than threads, or one thread."""
+def n_column_stripes(n_rows: int, n_features: int, itemsize: int, n_arrays: int = 1) -> int:
+    """Into how many column stripes a short batch's batch norm splits
+    ``n_arrays`` (n_rows, n_features) arrays of ``itemsize`` bytes an
+    element that both its passes read (see "Column stripes"), or 0 where
+    the two passes over row parts serve better: stripes too large for L2,
+    fewer stripes than threads, or one thread."""
     n_stripes = n_features // STRIPE_COLUMNS
-    if n_features < STRIPES_MIN_FEATURES or n_rows * -(-n_features // n_stripes) * itemsize > STRIPE_MAX_BYTES:
+    if (n_features < STRIPES_MIN_FEATURES
+            or n_arrays * n_rows * -(-n_features // n_stripes) * itemsize > STRIPE_MAX_BYTES):
         return 0
     n_threads = (_layer_calls or _bind_layer_calls())[0]()
     return n_stripes if 2 <= n_threads <= n_stripes else 0
@@ -293,11 +310,17 @@ def n_column_chunks(n_features: int) -> int:
 
 @numba.njit(error_model="numpy")
 def sum_parts_chunk(partials, totals, chunk: int) -> None:
-    """Column chunk ``chunk`` of ``totals``: the parts (rows of ``partials``)
+    """Column chunk ``chunk`` of ``totals``: ``sum_parts`` over its columns."""
+    start, stop = column_chunk(partials.shape[1], chunk)
+    sum_parts(partials, totals, start, stop)
+
+
+@numba.njit(error_model="numpy")
+def sum_parts(partials, totals, start: int, stop: int) -> None:
+    """Columns [start, stop) of ``totals``: the parts (rows of ``partials``)
     summed in part order in float64, then stored in totals' dtype. A
     function of its own: inlined into a parallel loop, its slice assignment
     failed numba's parfor lowering ("Illegal IR, del found")."""
-    start, stop = column_chunk(partials.shape[1], chunk)
     acc = np.zeros(stop - start)
     for part in range(partials.shape[0]):
         row = partials[part, start:stop]  # a view walked from 0: see "Column ranges"

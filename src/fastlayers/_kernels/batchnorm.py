@@ -22,6 +22,7 @@ from ._twins import (
     n_column_chunks,
     n_row_parts,
     part_bounds,
+    sum_parts,
     sum_parts_chunk,
     task_bounds,
     twin,
@@ -66,7 +67,14 @@ NORMALIZE_THRESHOLD = STATS_THRESHOLD
 #   float64, 64 Ki: 56.9/60.7, 72.3/66.7 (run 2: 62.3/60.0, 71.7/65.6);
 #     80 Ki: 75.1/72.4, 97.4/84.4 (run 2: 73.4/67.5, 94.6/76.5).
 # The float32 threshold is 128 Ki, where D = 2048 came out 6% either way.
+# The backward in column stripes, against the short entry's serial twin:
+#   float32, 80 Ki: 62.3/64.2, 77.9/76.8 (run 2: 66.4/68.5, 76.6/73.3);
+#     96 Ki: 78.8/72.1, 90.0/79.7 (run 2: 78.2/78.7, 87.6/78.8);
+#   float64, 32 Ki: 47.0/54.0, 58.8/60.4 (run 2: 45.2/50.5, 57.6/60.4);
+#     48 Ki: 70.4/67.5, 73.6/68.2 (run 2: 67.4/60.4, 71.0/61.7).
+# The float32 threshold is 96 Ki, where D = 2048 tied in run 2.
 TRAIN_STRIPES_THRESHOLD = {4: 8 << 14, 8: 5 << 14}
+BACKWARD_STRIPES_THRESHOLD = {4: 6 << 14, 8: 3 << 14}
 BACKWARD_THRESHOLD = {4: 7 << 14, 8: 1 << 16}
 
 # Four-row sweeps pay where the per-feature coefficients (three float64
@@ -396,7 +404,12 @@ def _batchnorm_train_stripes(x, n_parts, n_stripes, gamma, beta, eps, momentum, 
     adds the same rows in the same order and each element is normalised by
     the same expression as in ``_batchnorm_stats`` then
     ``_batchnorm_normalize``: the same bits, whatever the stripes. Needs
-    D >= SWEEP_MIN_FEATURES (the normalise's four-row sweeps)."""
+    D >= SWEEP_MIN_FEATURES (the normalise's four-row sweeps).
+
+    Only the parallel twin is called: under the threshold, on one thread or
+    on the forced serial path the two passes' serial twins run instead
+    (stripes gained them nothing), so the serial twin is never compiled
+    (about 7 s of cold compile, session 17)."""
     n_rows, n_features = x.shape
     part_mean = np.empty((n_parts, n_features))
     part_m2 = np.empty((n_parts, n_features))
@@ -509,11 +522,13 @@ def _add_to_overload(sums, j, value):
 # 139-143 us inlined, 137-139 us as a function) but cost numba more to
 # compile: 29.4 s against 21.1 s for the parallel twin's four signatures.
 @numba.njit(error_model="numpy")
-def _add_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, start, stop, first, last):
-    """sum_g[j] += g[i, k] and sum_g_dev[j] += g[i, k]·(x[i, k] - mean[k]),
-    k = first + j, for the rows i in [start, stop), in row order, four rows
+def _part_gradient_sums(sum_g, sum_g_dev, dout, x, mean, scale, beta, relu_like, start, stop, first, last):
+    """sum_g[j] = sum of g[i, k] and sum_g_dev[j] = sum of g[i, k]·(x[i, k] - mean[k]),
+    k = first + j, over the rows i in [start, stop), in row order, four rows
     per sweep (as ``_add_rows``); g is dout, through the ReLU if any. The
-    sums are as wide as the column range [first, last)."""
+    sums are as wide as the column range [first, last), and overwritten."""
+    sum_g[:] = 0.0
+    sum_g_dev[:] = 0.0
     center, range_scale, range_beta = mean[first:last], scale[first:last], beta[first:last]
     i = start
     while i + 4 <= stop:
@@ -596,6 +611,41 @@ def _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
             add_to(column_sums, j, value)
 
 
+@numba.njit(error_model="numpy")
+def _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start, stop,
+                   first, last):
+    """``_write_dx_rows`` over row part ``part`` (rows [start, stop)) and the
+    columns [first, last); with dx's column sums when ``part_sums`` has a
+    row a part, into that part's row, zeroed first."""
+    if part_sums.shape[0] > 0:
+        task_sums = part_sums[part, first:last]
+        task_sums[:] = 0.0
+        _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, task_sums, start, stop,
+                       first, last)
+    else:
+        _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop, first,
+                       last)
+
+
+@numba.njit(error_model="numpy")
+def _gradient_coefficients(sums, var, gamma, eps, n_total, dgamma, dbeta, gain, offset, slope, first, last):
+    """dgamma, dbeta and the dx pass's per-feature coefficients (gain,
+    offset, slope) of the features [first, last) from the reductions
+    ``sums`` over a batch of n_total rows."""
+    for j in range(first, last):
+        ivar = 1.0 / np.sqrt(var[j] + eps)
+        dbeta[j] = sums[0, j]
+        dgamma[j] = ivar * sums[1, j]
+        gain[j] = gamma[j] * ivar
+        offset[j] = sums[0, j] / n_total
+        slope[j] = ivar * ivar * sums[1, j] / n_total
+        # A feature whose sums are not finite (Inf or NaN in dout) has no
+        # defined gradient: NaN across it, as the seed's 10 steps give
+        # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
+        if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
+            offset[j] = np.nan
+
+
 @twin(BACKWARD_THRESHOLD)
 def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, reduce, apply, n_parts,
                         n_splits, dx, dgamma, dbeta, dx_column_sums):
@@ -625,11 +675,8 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         part_dout_xmu = np.empty((n_parts, n_features))
         for task in prange(n_parts * n_splits):
             part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
-            task_dout, task_dout_xmu = part_dout[part, first:last], part_dout_xmu[part, first:last]
-            task_dout[:] = 0.0
-            task_dout_xmu[:] = 0.0
-            _add_gradient_sums(task_dout, task_dout_xmu, dout, x, mean, scale, beta, relu_like, start, stop, first,
-                               last)
+            _part_gradient_sums(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean, scale,
+                                beta, relu_like, start, stop, first, last)
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):
                 sum_parts_chunk(part_dout, sums[0], chunk)
@@ -643,30 +690,13 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     gain = np.empty(n_features)
     offset = np.empty(n_features)
     slope = np.empty(n_features)
-    for j in range(n_features):
-        ivar = 1.0 / np.sqrt(var[j] + eps)
-        dbeta[j] = sums[0, j]
-        dgamma[j] = ivar * sums[1, j]
-        gain[j] = gamma[j] * ivar
-        offset[j] = sums[0, j] / n_total
-        slope[j] = ivar * ivar * sums[1, j] / n_total
-        # A feature whose sums are not finite (Inf or NaN in dout) has no
-        # defined gradient: NaN across it, as the seed's 10 steps give
-        # (their dmu is Inf - Inf), not the closed form's mix of NaN and +-Inf.
-        if not (np.isfinite(offset[j]) and np.isfinite(slope[j])):
-            offset[j] = np.nan
+    _gradient_coefficients(sums, var, gamma, eps, n_total, dgamma, dbeta, gain, offset, slope, 0, n_features)
     summing = dx_column_sums.size > 0
     part_sums = np.empty((n_parts if summing else 0, n_features))
     for task in prange(n_parts * n_splits):
         part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
-        if summing:
-            task_sums = part_sums[part, first:last]
-            task_sums[:] = 0.0
-            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, task_sums, start, stop,
-                           first, last)
-        else:
-            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop, first,
-                           last)
+        _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start, stop,
+                       first, last)
     if summing:
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):
@@ -674,6 +704,43 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
         else:
             for chunk in range(n_column_chunks(n_features)):
                 sum_parts_chunk(part_sums, dx_column_sums, chunk)
+
+
+@twin(BACKWARD_STRIPES_THRESHOLD)
+def _batchnorm_backward_stripes(dout, x, mean, var, gamma, beta, eps, relu_like, n_parts, n_stripes, dx, dgamma,
+                                dbeta, dx_column_sums):
+    """``_batchnorm_backward`` of one process's short batch (both passes, the
+    column sums if ``dx_column_sums`` is not empty), each task a stripe of
+    columns (``n_column_stripes``): the stripe's reductions over the n_parts
+    row parts, summed in part order, then its dx while the stripe of dout
+    and x is still in the core's L2. The same bits as ``_batchnorm_backward``
+    (each column sums the same rows in the same order). dx may be dout or
+    x: a stripe reads only its own columns, all of them before it writes
+    any. Only the parallel twin is called, as for ``_batchnorm_train_stripes``."""
+    n_rows, n_features = x.shape
+    scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
+    part_dout = np.empty((n_parts, n_features))
+    part_dout_xmu = np.empty((n_parts, n_features))
+    part_sums = np.empty((n_parts if dx_column_sums.size > 0 else 0, n_features))
+    sums = np.empty((2, n_features))
+    gain = np.empty(n_features)
+    offset = np.empty(n_features)
+    slope = np.empty(n_features)
+    for stripe in prange(n_stripes):
+        first, last = part_bounds(n_features, n_stripes, stripe)
+        for part in range(n_parts):
+            start, stop = part_bounds(n_rows, n_parts, part)
+            _part_gradient_sums(part_dout[part, first:last], part_dout_xmu[part, first:last], dout, x, mean, scale,
+                                beta, relu_like, start, stop, first, last)
+        sum_parts(part_dout, sums[0], first, last)
+        sum_parts(part_dout_xmu, sums[1], first, last)
+        _gradient_coefficients(sums, var, gamma, eps, n_rows, dgamma, dbeta, gain, offset, slope, first, last)
+        for part in range(n_parts):
+            start, stop = part_bounds(n_rows, n_parts, part)
+            _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start,
+                           stop, first, last)
+        if part_sums.shape[0] > 0:
+            sum_parts(part_sums, dx_column_sums, first, last)
 
 
 _batchnorm_backward_serial = _batchnorm_backward.serial

@@ -245,24 +245,20 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
             assert bitwise_equal(value, expected), (path, name)
 
 
-def test_column_stripes_where_they_pay():
+def test_column_stripes_where_they_pay(monkeypatch):
     """Stripes of 1024 to 2047 columns while the stripes of the arrays read
     twice (x; dout and x) fit in 1 MiB, as many as the threads or more;
     else (0) the passes over row parts."""
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
-    previous = _twins._layer_calls
-    try:
-        for threads, shape, itemsize, expected in [
-            (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 0),
-            (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2), (2, (170, 3071), 4, 2), (2, (171, 3071), 4, 0),
-            (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
-        ]:
-            _twins._layer_calls = (lambda threads=threads: threads, chunk_size, set_chunk_size)
-            assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
-            # Two arrays (the backward): as one of twice the rows.
-            assert n_column_stripes(*shape, itemsize, 2) == n_column_stripes(2 * shape[0], shape[1], itemsize)
-    finally:
-        _twins._layer_calls = previous
+    for threads, shape, itemsize, expected in [
+        (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 0),
+        (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2), (2, (170, 3071), 4, 2), (2, (171, 3071), 4, 0),
+        (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
+    ]:
+        monkeypatch.setattr(_twins, "_layer_calls", (lambda threads=threads: threads, chunk_size, set_chunk_size))
+        assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
+        # Two arrays (the backward): as one of twice the rows.
+        assert n_column_stripes(*shape, itemsize, 2) == n_column_stripes(2 * shape[0], shape[1], itemsize)
 
 
 def test_a_single_task_takes_the_serial_twin():

@@ -582,10 +582,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     x_c = np.ascontiguousarray(xa)
     cache = None
     relu_like = np.empty(0, dtype=out.dtype) if relu else None
-    # A short batch's statistics and normalise in one call, stripe by stripe
-    # ("Column stripes" in _twins.py); else a pass for each.
-    n_stripes = (n_column_stripes(n, d, xa.dtype.itemsize) if train and comm is None
-                 and _batchnorm_train_stripes.parallel_wins(n * d, xa.dtype.itemsize) else 0)
+    # A short batch's statistics and normalise in one call, stripe by stripe; else a pass for each.
+    n_stripes = column_stripes(_batchnorm_train_stripes, n, d, xa.dtype.itemsize, 1) if train and comm is None else 0
     if train:
         # Zeros: with comm, a rank without rows contributes no statistics.
         center = np.zeros(d) if comm is not None else np.empty(d)
@@ -629,16 +627,24 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     return out, cache
 
 
+def column_stripes(stripes: TwinKernel, n: int, d: int, itemsize: int, n_arrays: int) -> int:
+    """How many column stripes batch norm's ``stripes`` kernel (the
+    forward's or the backward's, whose passes both read ``n_arrays`` (n, d)
+    arrays of ``itemsize`` bytes an element) runs in, or 0 where the passes
+    over row parts run instead: ``n_column_stripes``, where the stripes'
+    parallel twin wins or is forced ("Column stripes" in _twins.py). The
+    threshold is tested first: ``n_column_stripes`` may ask numba for the
+    thread count."""
+    return n_column_stripes(n, d, itemsize, n_arrays) if stripes.parallel_wins(n * d, itemsize) else 0
+
+
 def serial_batchnorm(passes: TwinKernel, stripes: TwinKernel, n: int, d: int, itemsize: int, n_arrays: int) -> bool:
-    """Whether batch norm's ``passes`` over row parts (the forward's or the
-    backward's, which read ``n_arrays`` (n, d) arrays twice) run on their
-    serial twin for elements of ``itemsize`` bytes: under their threshold,
-    and not a batch short and wide enough for column stripes, whose kernel
-    (``stripes``) runs in parallel from a smaller size ("Column stripes"
-    in _twins.py)."""
-    work = n * d
-    return passes.small(work, itemsize) and (d < STRIPES_MIN_FEATURES or not stripes.parallel_wins(work, itemsize)
-                                             or not n_column_stripes(n, d, itemsize, n_arrays))
+    """Whether batch norm's ``passes`` over row parts run on their serial
+    twin: under their threshold, and no ``column_stripes`` in parallel from
+    a smaller size. Rows narrower than any stripe take the first exit,
+    without ``column_stripes``' two calls (the small calls' case)."""
+    return passes.small(n * d, itemsize) and (
+        d < STRIPES_MIN_FEATURES or not column_stripes(stripes, n, d, itemsize, n_arrays))
 
 
 def plain_train_params(gamma: Any, beta: Any, bn_param: Any, dtype: np.dtype,
@@ -788,10 +794,8 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     relu_like = np.empty(0, dtype=cache.dtype) if relu else None
     n_parts = n_row_parts(n)
     column_sums = relu_column_sums if relu else NO_ARRAY_1D
-    itemsize = dout_c.dtype.itemsize
-    # A short batch's two passes in one call, stripe by stripe ("Column stripes" in _twins.py).
-    n_stripes = (n_column_stripes(n, d, itemsize, 2) if cache.comm is None
-                 and _batchnorm_backward_stripes.parallel_wins(n * d, itemsize) else 0)
+    # A short batch's two passes in one call, stripe by stripe.
+    n_stripes = column_stripes(_batchnorm_backward_stripes, n, d, dout_c.dtype.itemsize, 2) if cache.comm is None else 0
     if n_stripes:
         _batchnorm_backward_stripes(n * d, dout_c, cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps,
                                     relu_like, n_parts, n_stripes, dx, dgamma, dbeta, column_sums)

@@ -13,8 +13,6 @@ from fastlayers._kernels import _twins
 from fastlayers._kernels._twins import (
     SERIAL_MERGE_MAX,
     SPLIT_MIN_COLUMNS,
-    STRIPE_COLUMNS,
-    STRIPE_MAX_BYTES,
     forced_path,
     n_column_splits,
     n_column_stripes,
@@ -190,9 +188,10 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
     itemsize = np.dtype(dtype).itemsize
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
-    widest = -(-d // (d // STRIPE_COLUMNS))  # columns
-    forward_stripes, backward_stripes = (d // STRIPE_COLUMNS if n_arrays * n * widest * itemsize <= STRIPE_MAX_BYTES
-                                         else 0 for n_arrays in (1, 2))  # x; dout and x
+    # The widest stripes whose x (dout and x for the backward) fits: of 1024 columns, else of 4 KiB of a row.
+    forward_stripes, backward_stripes = (next((n_stripes for n_stripes in (d // 1024, d * itemsize // 4096)
+                                               if n_arrays * n * -(-d // n_stripes) * itemsize <= 1 << 20), 0)
+                                         for n_arrays in (1, 2))
     assert n_column_stripes(n, d, itemsize) == forward_stripes
     assert n_column_stripes(n, d, itemsize, 2) == backward_stripes
     taken = []
@@ -246,13 +245,16 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
 
 def test_column_stripes_where_they_pay(monkeypatch):
     """Stripes of 1024 to 2047 columns while the stripes of the arrays read
-    twice (x; dout and x) fit in 1 MiB, as many as the threads or more;
-    else (0) the passes over row parts."""
+    twice (x; dout and x) fit in 1 MiB, else of 4 KiB to 8 KiB of a row
+    (float64: 512 to 1023 columns) while those fit, as many as the threads
+    or more; else (0) the passes over row parts."""
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     for threads, shape, itemsize, expected in [
-        (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 0),
+        (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 8),
+        (2, (256, 4096), 8, 8), (2, (257, 4096), 8, 0), (2, (213, 3071), 8, 5), (2, (214, 3071), 8, 0),
         (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2), (2, (170, 3071), 4, 2), (2, (171, 3071), 4, 0),
         (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
+        (8, (200, 4096), 8, 8), (9, (200, 4096), 8, 0), (1, (200, 4096), 8, 0),
     ]:
         monkeypatch.setattr(_twins, "_layer_calls", (lambda threads=threads: threads, chunk_size, set_chunk_size))
         assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)

@@ -220,8 +220,9 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
 # reads the stripe again from the core's L2 rather than from L3 or memory.
 # It pays while the stripes of the arrays both passes read (x; dout and x
 # for the backward) fit in half an L2 (2 MiB a core on the machine
-# measured): up to 256 float32 or 128 float64 rows for the forward, half
-# that for the backward. Measured (2 cores, BENCHMARKS.md session 17):
+# measured): with stripes of 1024 columns, up to 256 float32 or 128 float64
+# rows for the forward, half that for the backward (narrower float64
+# stripes below). Measured (2 cores, BENCHMARKS.md session 17):
 # - forward, kernels alone, statistics + normalise / stripes of 1024
 #   columns, median of 31, us: float32 64x4096 101/78, 128x4096 200/164,
 #   256x4096 398/335, 512x4096 671/682; float64 64x4096 180/135, 128x4096
@@ -230,12 +231,22 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
 #   alternating, us: float32 128x4096 330/307, 256x4096 584/625, 256x2048
 #   317/338; float64 128x4096 510/504.
 # Stripes of 512 columns lost where a row's slice was under 4 KiB (forward
-# float32 512x4096: 711 against 650), and the serial twins gained nothing
-# from stripes (forward 256x4096 float32 511-557 against 536-555 us). A
-# stripe per task and no more tasks than stripes: where the threads
-# outnumber the stripes, the row parts' tasks are kept (not measured
-# beyond 2 threads).
+# float32 512x4096: 711 against 650; float32 backward 256x4096: 572-586
+# against 513-516 by row parts, session 18), and the serial twins gained
+# nothing from stripes (forward 256x4096 float32 511-557 against 536-555
+# us). Where stripes of 1024 columns do not fit, narrower ones down to
+# 4 KiB of a row (512 float64 columns) take their place: they serve the
+# float64 forward up to 256 rows and backward up to 128. Measured (session
+# 18, the public functions, by row parts / stripes of 1024 / of 512
+# columns, median of 21 alternating, us): forward float64 256x2048
+# 411/413/375, 256x4096 676/631/622, 256x8192 1225/1189/1170; backward
+# float64 128x2048 266/278/240, 128x4096 521/491/451, 128x8192
+# 1040/1056/945. Where stripes of 1024 fit, they stay (float64 32x8192
+# forward 212 against 225 for 512). A stripe per task and no more tasks
+# than stripes: where the threads outnumber the stripes, the row parts'
+# tasks are kept (not measured beyond 2 threads).
 STRIPE_COLUMNS = 1024
+STRIPE_MIN_ROW_BYTES = 4096
 STRIPES_MIN_FEATURES = 2 * STRIPE_COLUMNS
 STRIPE_MAX_BYTES = 1 << 20
 
@@ -244,14 +255,16 @@ def n_column_stripes(n_rows: int, n_features: int, itemsize: int, n_arrays: int 
     """Into how many column stripes a short batch's batch norm splits
     ``n_arrays`` (n_rows, n_features) arrays of ``itemsize`` bytes an
     element that both its passes read (see "Column stripes"), or 0 where
-    the two passes over row parts serve better: stripes too large for L2,
-    fewer stripes than threads, or one thread."""
-    n_stripes = n_features // STRIPE_COLUMNS
-    if (n_features < STRIPES_MIN_FEATURES
-            or n_arrays * n_rows * -(-n_features // n_stripes) * itemsize > STRIPE_MAX_BYTES):
+    the two passes over row parts serve better: stripes too large for L2
+    even at 4 KiB of a row, fewer stripes than threads, or one thread."""
+    if n_features < STRIPES_MIN_FEATURES:
         return 0
-    n_threads = (_layer_calls or _bind_layer_calls())[0]()
-    return n_stripes if 2 <= n_threads <= n_stripes else 0
+    # Stripes of STRIPE_COLUMNS to twice that, else of 4 KiB of a row to twice that.
+    for n_stripes in (n_features // STRIPE_COLUMNS, n_features * itemsize // STRIPE_MIN_ROW_BYTES):
+        if n_arrays * n_rows * -(-n_features // n_stripes) * itemsize <= STRIPE_MAX_BYTES:
+            n_threads = (_layer_calls or _bind_layer_calls())[0]()
+            return n_stripes if 2 <= n_threads <= n_stripes else 0
+    return 0
 
 
 @numba.njit(inline="always")

@@ -176,7 +176,8 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["batchnorm", "affine_batchnorm_relu"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 2048), (32, 8192), (40, 4600), (77, 3071), (128, 4096), (256, 4096)])
+@pytest.mark.parametrize("shape", [(5, 2048), (32, 8192), (40, 4600), (77, 3071), (128, 4096), (256, 4096), (300, 2048),
+                                   (600, 2048)])
 def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, dtype, relu):
     """A short, wide batch runs its train-mode forward (statistics and
     normalise) in one parallel call, and its backward (reductions and dx)
@@ -188,9 +189,10 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
     itemsize = np.dtype(dtype).itemsize
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
-    # The widest stripes whose x (dout and x for the backward) fits: of 1024 columns, else of 4 KiB of a row.
-    forward_stripes, backward_stripes = (next((n_stripes for n_stripes in (d // 1024, d * itemsize // 4096)
-                                               if n_arrays * n * -(-d // n_stripes) * itemsize <= 1 << 20), 0)
+    # Stripes whose x (dout and x for the backward) fits: of 1024 columns in 1 MiB, else of 4 KiB of a row in 2 MiB.
+    forward_stripes, backward_stripes = (next((n_stripes for n_stripes, limit in ((d // 1024, 1 << 20),
+                                                                                  (d * itemsize // 4096, 2 << 20))
+                                               if n_arrays * n * -(-d // n_stripes) * itemsize <= limit), 0)
                                          for n_arrays in (1, 2))
     assert n_column_stripes(n, d, itemsize) == forward_stripes
     assert n_column_stripes(n, d, itemsize, 2) == backward_stripes
@@ -246,15 +248,16 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
 def test_column_stripes_where_they_pay(monkeypatch):
     """Stripes of 1024 to 2047 columns while the stripes of the arrays read
     twice (x; dout and x) fit in 1 MiB, else of 4 KiB to 8 KiB of a row
-    (float64: 512 to 1023 columns) while those fit, as many as the threads
-    or more; else (0) the passes over row parts."""
+    (float64: 512 to 1023 columns) while those fit in 2 MiB, as many as the
+    threads or more; else (0) the passes over row parts."""
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     for threads, shape, itemsize, expected in [
-        (2, (256, 4096), 4, 4), (2, (257, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 8),
-        (2, (256, 4096), 8, 8), (2, (257, 4096), 8, 0), (2, (213, 3071), 8, 5), (2, (214, 3071), 8, 0),
-        (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2), (2, (170, 3071), 4, 2), (2, (171, 3071), 4, 0),
+        (2, (512, 4096), 4, 4), (2, (513, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 8),
+        (2, (512, 4096), 8, 8), (2, (513, 4096), 8, 0), (2, (85, 3071), 8, 2), (2, (86, 3071), 8, 5),
+        (2, (426, 3071), 8, 5), (2, (427, 3071), 8, 0), (2, (341, 3071), 4, 2), (2, (342, 3071), 4, 0),
+        (2, (1, 2047), 4, 0), (2, (1, 2048), 4, 2),
         (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
-        (8, (200, 4096), 8, 8), (9, (200, 4096), 8, 0), (1, (200, 4096), 8, 0),
+        (8, (300, 4096), 8, 8), (9, (300, 4096), 8, 0), (1, (300, 4096), 8, 0),
     ]:
         monkeypatch.setattr(_twins, "_layer_calls", (lambda threads=threads: threads, chunk_size, set_chunk_size))
         assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)

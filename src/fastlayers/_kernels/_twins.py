@@ -218,37 +218,39 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
 # ``_batchnorm_backward_stripes``) gives each task a stripe of STRIPE_COLUMNS
 # to twice as many columns through both passes, so that the second pass
 # reads the stripe again from the core's L2 rather than from L3 or memory.
-# It pays while the stripes of the arrays both passes read (x; dout and x
-# for the backward) fit in half an L2 (2 MiB a core on the machine
-# measured): with stripes of 1024 columns, up to 256 float32 or 128 float64
-# rows for the forward, half that for the backward (narrower float64
-# stripes below). Measured (2 cores, BENCHMARKS.md session 17):
+# The second pass takes the row parts in reverse order: the rows the first
+# pass read last, still in L2, are read first, before the pass's own
+# writes evict them (each part sums its own dx, so the bits do not move).
+# Measured (2 cores, BENCHMARKS.md sessions 17 and 18):
 # - forward, kernels alone, statistics + normalise / stripes of 1024
 #   columns, median of 31, us: float32 64x4096 101/78, 128x4096 200/164,
-#   256x4096 398/335, 512x4096 671/682; float64 64x4096 180/135, 128x4096
-#   330/284, 256x4096 607/615;
-# - backward, the public function, by row parts / stripes, median of 41
-#   alternating, us: float32 128x4096 330/307, 256x4096 584/625, 256x2048
-#   317/338; float64 128x4096 510/504.
-# Stripes of 512 columns lost where a row's slice was under 4 KiB (forward
-# float32 512x4096: 711 against 650; float32 backward 256x4096: 572-586
-# against 513-516 by row parts, session 18), and the serial twins gained
-# nothing from stripes (forward 256x4096 float32 511-557 against 536-555
-# us). Where stripes of 1024 columns do not fit, narrower ones down to
-# 4 KiB of a row (512 float64 columns) take their place: they serve the
-# float64 forward up to 256 rows and backward up to 128. Measured (session
-# 18, the public functions, by row parts / stripes of 1024 / of 512
-# columns, median of 21 alternating, us): forward float64 256x2048
-# 411/413/375, 256x4096 676/631/622, 256x8192 1225/1189/1170; backward
-# float64 128x2048 266/278/240, 128x4096 521/491/451, 128x8192
-# 1040/1056/945. Where stripes of 1024 fit, they stay (float64 32x8192
-# forward 212 against 225 for 512). A stripe per task and no more tasks
-# than stripes: where the threads outnumber the stripes, the row parts'
-# tasks are kept (not measured beyond 2 threads).
+#   256x4096 398/335; float64 64x4096 180/135, 128x4096 330/284;
+# - with the reverse order, the public functions, by row parts / stripes,
+#   median of 21 alternating, us: forward float32 320x4096 503/432,
+#   384x4096 590/529, 512x4096 726/688, 512x8192 1268/1287; float64
+#   320x4096 787/697, 512x4096 1183/1165; backward float32 160x4096
+#   410/350, 256x4096 570/550, 256x8192 1016/994; float64 160x4096
+#   672/548, 256x4096 1008/964. In the same order, stripes had lost from
+#   half the L2 on (backward float32 256x4096 584/625, session 17).
+# So stripes run while the stripes of the arrays both passes read (x; dout
+# and x for the backward) fit in the L2 of a core (2 MiB on the machine
+# measured): stripes of 1024 to 2047 columns while they fit in half of it,
+# else of 4 KiB to 8 KiB of a row (512 to 1023 float64 columns), up to 512
+# rows for the forward and 256 for the backward. Where both fit in half the
+# L2, the wider won at 32-64 float64 rows (forward 32x8192 212 against 225,
+# backward 32x4096 145 against 151); filling the L2, the narrower won
+# (backward float64 128x4096, two pairs of processes: 445-488 with 512
+# columns, 513-520 with 1024). Stripes of 512 float32 columns (2 KiB rows)
+# lost (forward 512x4096: 711 against 650, session 17; backward 256x4096:
+# 572-586 against 513-516 by row parts, session 18).
+# The serial twins gained nothing from stripes (forward 256x4096 float32
+# 511-557 against 536-555 us). A stripe per task and no more tasks than
+# stripes: where the threads outnumber the stripes, the row parts' tasks
+# are kept (not measured beyond 2 threads).
 STRIPE_COLUMNS = 1024
 STRIPE_MIN_ROW_BYTES = 4096
 STRIPES_MIN_FEATURES = 2 * STRIPE_COLUMNS
-STRIPE_MAX_BYTES = 1 << 20
+STRIPE_MAX_BYTES = 2 << 20
 
 
 def n_column_stripes(n_rows: int, n_features: int, itemsize: int, n_arrays: int = 1) -> int:
@@ -259,9 +261,10 @@ def n_column_stripes(n_rows: int, n_features: int, itemsize: int, n_arrays: int 
     even at 4 KiB of a row, fewer stripes than threads, or one thread."""
     if n_features < STRIPES_MIN_FEATURES:
         return 0
-    # Stripes of STRIPE_COLUMNS to twice that, else of 4 KiB of a row to twice that.
-    for n_stripes in (n_features // STRIPE_COLUMNS, n_features * itemsize // STRIPE_MIN_ROW_BYTES):
-        if n_arrays * n_rows * -(-n_features // n_stripes) * itemsize <= STRIPE_MAX_BYTES:
+    # Stripes of STRIPE_COLUMNS to twice that within half the L2, else of 4 KiB of a row to twice that within it.
+    for n_stripes, max_bytes in ((n_features // STRIPE_COLUMNS, STRIPE_MAX_BYTES // 2),
+                                 (n_features * itemsize // STRIPE_MIN_ROW_BYTES, STRIPE_MAX_BYTES)):
+        if n_arrays * n_rows * -(-n_features // n_stripes) * itemsize <= max_bytes:
             n_threads = (_layer_calls or _bind_layer_calls())[0]()
             return n_stripes if 2 <= n_threads <= n_stripes else 0
     return 0

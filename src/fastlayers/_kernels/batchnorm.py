@@ -426,7 +426,9 @@ def _batchnorm_train_stripes(x, n_parts, n_stripes, gamma, beta, eps, momentum, 
         stripe_shift, stripe_beta = shift[first:last], beta[first:last]
         for j in range(stripe_shift.size):
             stripe_shift[j] = stripe_beta[j]
-        _normalize_rows(x, mean, scale, shift, relu_like, out, 0, n_rows, first, last)
+        for part in range(n_parts - 1, -1, -1):  # last read, first written: see "Column stripes" in _twins.py
+            start, stop = part_bounds(n_rows, n_parts, part)
+            _normalize_rows(x, mean, scale, shift, relu_like, out, start, stop, first, last)
     _update_running(momentum, running_mean, running_var, mean, var, x, new_running_mean, new_running_var)
 
 
@@ -736,7 +738,7 @@ def _batchnorm_backward_stripes(dout, x, mean, var, gamma, beta, eps, relu_like,
         sum_parts(part_dout, sums[0], first, last)
         sum_parts(part_dout_xmu, sums[1], first, last)
         _gradient_coefficients(sums, var, gamma, eps, n_rows, dgamma, dbeta, gain, offset, slope, first, last)
-        for part in range(n_parts):
+        for part in range(n_parts - 1, -1, -1):  # last read, first written (each part sums its own dx)
             start, stop = part_bounds(n_rows, n_parts, part)
             _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start,
                            stop, first, last)

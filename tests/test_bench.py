@@ -78,13 +78,33 @@ def test_short_calls_are_timed_as_loops_of_calls():
 
     def slow():
         calls["slow"] += 1
-        time.sleep(MIN_SAMPLE_S)
+        time.sleep(10 * MIN_SAMPLE_S)
 
     times = _alternate({"fast": fast, "slow": slow}, repeats=3, budget=float("inf"))
-    # slow: one calibration call, one timed call, then 3 rounds of an untimed and a timed call
+    # slow: an untimed and a timed calibration call (one that long is timed
+    # once), then 3 rounds of an untimed and a timed call
     assert calls["slow"] == 2 + 3 * 2
     assert calls["fast"] > 3 * 10  # each sample a loop of many calls
     assert 0 < times["fast"] < MIN_SAMPLE_S <= times["slow"]
+
+
+def test_a_call_slow_at_first_is_still_timed_as_loops_of_calls():
+    """Right after other work a short call's first calls run slow; the
+    calibration must not take one of them for the call's time and make
+    samples of a single call."""
+    from fastlayers.bench import MIN_SAMPLE_S, _alternate
+
+    calls = 0
+
+    def warming():
+        nonlocal calls
+        calls += 1
+        if calls <= 3:  # the untimed call and the first two timed ones
+            time.sleep(MIN_SAMPLE_S)
+
+    times = _alternate({"warming": warming}, repeats=3, budget=float("inf"))
+    assert calls > 3 + 3 * 10  # each sample a loop of many calls
+    assert 0 < times["warming"] < MIN_SAMPLE_S / 10
 
 
 def test_scaling_run_reports_every_kernel_at_every_thread_count(tmp_path):

@@ -335,14 +335,20 @@ def sum_parts_chunk(partials, totals, chunk: int) -> None:
 def sum_parts(partials, totals, start: int, stop: int) -> None:
     """Columns [start, stop) of ``totals``: the parts (rows of ``partials``)
     summed in part order in float64, then stored in totals' dtype. A
-    function of its own: inlined into a parallel loop, its slice assignment
-    failed numba's parfor lowering ("Illegal IR, del found")."""
+    function of its own: inlined into a parallel loop, a slice assignment
+    failed numba's parfor lowering ("Illegal IR, del found"). The store is
+    a loop, not ``totals[start:stop] = acc``: numba compiles that
+    assignment's shape check with an error message that formats the
+    shapes, and its string code took 3-4 s of a cold compile (a first
+    small batchnorm_backward in float64, 7.5 s; session 19)."""
     acc = np.zeros(stop - start)
     for part in range(partials.shape[0]):
         row = partials[part, start:stop]  # a view walked from 0: see "Column ranges"
         for j in range(acc.size):
             acc[j] += row[j]
-    totals[start:stop] = acc
+    chunk = totals[start:stop]
+    for j in range(acc.size):
+        chunk[j] = acc[j]
 
 
 # Merges on the calling thread: merging per-part partials is light work

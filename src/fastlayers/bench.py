@@ -75,6 +75,8 @@ def _parallel_copy(source, target):
 MIN_SAMPLE_S = 1e-4
 MAX_CALLS_PER_SAMPLE = 10_000
 CALIBRATION_CALLS = 10
+# Longer than OpenBLAS's idle threads spin after a product (see bench_row).
+BLAS_SPIN_S = 0.2
 
 
 def _seconds(call: Callable[[], Any], number: int = 1) -> float:
@@ -278,6 +280,13 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
         # each call and, interleaved, slowed the other calls 2x here.
         times.update(_alternate({"torch": torch_call}, repeats, budget))
         time.sleep(0.5)  # let them go idle before the next measurement
+    elif layer.family == "affine":
+        # Likewise NumPy's OpenBLAS: its idle threads spin for about 0.1 s
+        # after a product (2**28 clock ticks by default), and a parallel
+        # kernel run meanwhile shares the cores with them (256x4096 float32
+        # relu_forward: 320-340 us within 80 ms of a product, 200 us after;
+        # BENCHMARKS.md, session 19). The next row starts once they sleep.
+        time.sleep(BLAS_SPIN_S)
     shape = SIZES[size][layer.family]
     row = Row(layer.name, dtype, size, shape, times["fastlayers"], times["reference"], times.get("torch"),
               blas_s=times.get("blas"), composed_s=times.get("composed"), numpy_s=times.get("numpy"),

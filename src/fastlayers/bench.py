@@ -34,6 +34,7 @@ import numba
 import numpy as np
 
 from . import __version__
+from ._kernels._disk_cache import cached_njit
 from ._kernels._twins import run_parallel
 from ._table import BATCHNORM_STEP, LAYERS, SIZES, Layer
 
@@ -63,7 +64,7 @@ def floor_seconds(function: str, shape: tuple[int, ...], dtype: str, bandwidth_g
             + FRESH_OUTPUTS.get(function, 1) * first_touch_s)
 
 
-@numba.njit(parallel=True, cache=True)
+@cached_njit(parallel=True)
 def _parallel_copy(source, target):
     for i in numba.prange(source.size):
         target[i] = source[i]
@@ -75,8 +76,10 @@ def _parallel_copy(source, target):
 MIN_SAMPLE_S = 1e-4
 MAX_CALLS_PER_SAMPLE = 10_000
 CALIBRATION_CALLS = 10
-# Longer than OpenBLAS's idle threads spin after a product (see bench_row).
+# Longer than OpenBLAS's idle threads spin after a product, and than
+# PyTorch's OpenMP threads after a call (see bench_row).
 BLAS_SPIN_S = 0.2
+TORCH_SPIN_S = 0.5
 
 
 def _seconds(call: Callable[[], Any], number: int = 1) -> float:
@@ -279,7 +282,7 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
         # Timed in a block of its own: PyTorch's OpenMP threads spin after
         # each call and, interleaved, slowed the other calls 2x here.
         times.update(_alternate({"torch": torch_call}, repeats, budget))
-        time.sleep(0.5)  # let them go idle before the next measurement
+        time.sleep(TORCH_SPIN_S)  # let them go idle before the next measurement
     elif layer.family == "affine":
         # Likewise NumPy's OpenBLAS: its idle threads spin for about 0.1 s
         # after a product (2**28 clock ticks by default), and a parallel

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import __version__, get_num_threads, set_num_threads, threading_layer
 from ._table import BY_NAME, SIZES
-from .bench import (DTYPES, _alternate, _cpu_model, _fmt_time, _torch_calls, aligned, floor_seconds, measure_ceilings,
-                    progress, torch_wanted, write_json)
+from .bench import (DTYPES, TORCH_SPIN_S, _alternate, _cpu_model, _fmt_time, _torch_calls, aligned, floor_seconds,
+                    measure_ceilings, progress, torch_wanted, write_json)
 
 FUNCTIONS = ("relu_forward", "relu_backward", "batchnorm_forward", "batchnorm_backward", "batchnorm_step")
 
@@ -82,7 +82,7 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
                     report(f"{dtype}, {n} threads: torch")
                     torch.set_num_threads(n)
                     torch_times = _alternate(torch_calls, repeats, budget)
-                    time.sleep(0.5)  # let PyTorch's spinning OpenMP threads go idle
+                    time.sleep(TORCH_SPIN_S)  # let PyTorch's spinning OpenMP threads go idle
                 for name in FUNCTIONS:
                     records.append({"kind": "kernel", "function": name, "dtype": dtype, "threads": n,
                                     "fastlayers_s": times[name], "torch_s": torch_times.get(name),

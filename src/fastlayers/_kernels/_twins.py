@@ -21,6 +21,8 @@ import numba
 import numpy as np
 from numba.extending import register_jitable
 
+from ._disk_cache import cached_njit
+
 # Test hook: "serial" or "parallel" forces every kernel onto that path.
 _forced_path: str | None = None
 
@@ -74,9 +76,8 @@ class TwinKernel:
         # instead of Python's ZeroDivisionError, and no checks in the loops.
         # numba's cache keys on the body's source file, not on these options:
         # after changing them, delete the *.nbi/*.nbc files beside the kernels.
-        options = {"cache": True, "error_model": "numpy"}
-        self.serial = numba.njit(**options)(_renamed_copy(body, "_serial"))
-        self.parallel = numba.njit(parallel=True, **options)(_renamed_copy(body, "_parallel"))
+        self.serial = cached_njit(error_model="numpy")(_renamed_copy(body, "_serial"))
+        self.parallel = cached_njit(parallel=True, error_model="numpy")(_renamed_copy(body, "_parallel"))
 
     def __call__(self, work: int, *args: Any) -> Any:
         """Run the twin that ``work`` (in ``unit``) calls for, or the forced one."""

@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from ._blas import gemm
+from ._disk_cache import cached_njit
 from ._twins import (
     merge_in_parallel,
     n_column_chunks,
@@ -92,7 +93,7 @@ def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, relu_mask, out):
 _affine_forward_serial = _affine_forward.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def affine_relu_forward_plain(blas_int, x, w, b, relu_mask, out):
     """``_affine_forward``'s serial twin for C-contiguous x (N, D) and w
     (D, M): six arguments instead of eight, as numba's dispatch costs about
@@ -100,14 +101,14 @@ def affine_relu_forward_plain(blas_int, x, w, b, relu_mask, out):
     _affine_forward_serial(blas_int, x, False, w, False, b, relu_mask, out)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def affine_forward_plain(blas_int, x, w, b, out):
     """``affine_relu_forward_plain`` without the ReLU: five arguments (it
     calls the twin itself: see ``batchnorm_train_plain``)."""
     _affine_forward_serial(blas_int, x, False, w, False, b, np.empty((0, 0), dtype=np.bool_), out)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def affine_input_gradients(blas_int, dout, x, x_is_t, w, w_is_t, dx, dw):
     """dx = dout @ w.T and dw = x.T @ dout: two gemm calls (BLAS threads them)."""
     n, m = dout.shape
@@ -164,7 +165,7 @@ def _affine_backward(blas_int, dout, relu_kept, x, x_is_t, w, w_is_t, n_parts, d
 _affine_backward_serial = _affine_backward.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def affine_gradients_plain(blas_int, dout, relu_kept, x, w, dx, dw, db):
     """``_affine_backward``'s serial twin for C-contiguous dout (N, M), x
     (N, D) and w (D, M), through the ReLU when ``relu_kept`` is not empty:
@@ -174,7 +175,7 @@ def affine_gradients_plain(blas_int, dout, relu_kept, x, w, dx, dw, db):
     _affine_backward_serial(blas_int, dout, relu_kept, x, False, w, False, n_row_parts(n), dpre, dx, dw, db)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def affine_backward_plain(blas_int, dout, x, w, dx, dw, db):
     """``affine_gradients_plain`` without the ReLU: one argument fewer for
     numba to type (0.1-0.15 us of a 7 us float32 call at 64x100x10). It

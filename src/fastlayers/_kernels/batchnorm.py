@@ -16,6 +16,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ._disk_cache import cached_njit
 from ._twins import (
     column_chunk,
     merge_in_parallel,
@@ -281,13 +282,13 @@ def _update_running(momentum, running_mean, running_var, mean, var, sample_like,
         new_running_var[j] = running_var[j] * var_kept + to_sample(var[j]) * sample_weight
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def update_running(momentum, running_mean, running_var, mean, var, sample_like, new_running_mean, new_running_var):
     """``_update_running`` on its own, for statistics merged outside the kernel."""
     _update_running(momentum, running_mean, running_var, mean, var, sample_like, new_running_mean, new_running_var)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def merge_rank_statistics(counts, means, m2s, mean, m2):
     """Merge per-rank (count, mean, M2) rows, in rank order, into mean and m2
     with Chan et al.'s formula (the parts' merge of ``_batchnorm_stats``);
@@ -436,7 +437,7 @@ _batchnorm_stats_serial = _batchnorm_stats.serial
 _batchnorm_normalize_serial = _batchnorm_normalize.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var,
                                new_running_mean, new_running_var, relu_like, out):
     """A train-mode forward's two serial twins, statistics then normalise
@@ -449,7 +450,7 @@ def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, runn
     _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, relu_like, out)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def batchnorm_train_plain(x, gamma, beta, eps, momentum, running_mean, running_var, mean, var, new_running_mean,
                           new_running_var, out):
     """``batchnorm_relu_train_plain`` without the ReLU: one argument fewer.
@@ -749,7 +750,7 @@ def _batchnorm_backward_stripes(dout, x, mean, var, gamma, beta, eps, relu_like,
 _batchnorm_backward_serial = _batchnorm_backward.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, relu_like, dx, dgamma, dbeta,
                               dx_column_sums):
     """``_batchnorm_backward``'s serial twin for one process's C-contiguous
@@ -759,7 +760,7 @@ def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, rel
                                n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, dx_column_sums)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def batchnorm_backward_plain(dout, x, mean, var, gamma, beta, eps, n_total, dx, dgamma, dbeta):
     """``batchnorm_gradients_plain`` without the ReLU and the column sums: 11
     arguments (it calls the twin itself, as ``batchnorm_train_plain`` does)."""

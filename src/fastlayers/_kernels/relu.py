@@ -17,6 +17,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ._disk_cache import cached_njit
 from ._twins import twin
 
 # Where the parallel twins start to win, in bytes of x (dout for the
@@ -76,7 +77,7 @@ def _relu_backward(dout, kept, dx):
 _relu_forward_serial = _relu_forward.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def relu_forward_plain(x, out):
     """``_relu_forward``'s serial twin for a C-contiguous x and out of one
     shape (any number of dimensions), without the mask: two arguments
@@ -87,7 +88,7 @@ def relu_forward_plain(x, out):
 _relu_backward_serial = _relu_backward.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def relu_backward_plain(dout, kept, dx):
     """``_relu_backward``'s serial twin for C-contiguous arrays of one shape
     (any number of dimensions), the flat views taken here rather than in

@@ -131,8 +131,8 @@ def test_processes_that_compile_one_kernel_at_once_leave_a_cache_every_process_l
         assert process.returncode == 0, stderr
         assert stdout.split() == ["[0.0,", "2.0,", "4.0]"], stdout
     assert (tmp_path / "read-a").exists() and (tmp_path / "read-b").exists()  # both saved through the barrier
-    loaded = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(tmp_path)], env=env, capture_output=True,
-                            text=True, timeout=300)
+    loaded = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(tmp_path)], check=False, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["[[0.0,", "2.0,", "4.0],", "[0.0,", "2.0,", "4.0]]", "2"], loaded.stdout
     data_files = sorted(path.name.rsplit(".", 2)[1] for path in (tmp_path / "cache").rglob("*.nbc"))

@@ -9,7 +9,6 @@ a C-contiguous (r, c) array is a (c, r) matrix with leading dimension c.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 

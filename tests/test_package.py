@@ -56,7 +56,10 @@ def test_threading_layer_is_tbb_when_installed():
 
 
 WARMUP_COVERS_THE_TABLE = """
+import sys
+
 import numpy as np
+from numba.core import event
 from numba.core.dispatcher import Dispatcher
 
 import fastlayers
@@ -76,7 +79,9 @@ def compiled():  # signatures of every cached kernel, each twin apart
     return found
 
 
-fastlayers.warmup()
+with event.install_recorder("numba:compile") as recorder:  # compiles, not loads from the cache
+    fastlayers.warmup(processes=int(sys.argv[1]))
+compiled_here = sum(1 for _, record in recorder.buffer if record.is_start)
 warm = compiled()
 rng = np.random.default_rng(0)
 for dtype in (np.float32, np.float64):
@@ -85,7 +90,7 @@ for dtype in (np.float32, np.float64):
             args = layer.call_args("fastlayers", layer.inputs(rng, size, dtype))
             for _ in range(2):  # the second batch-norm forward finds running statistics
                 layer.function("fastlayers")(*args)
-print(sum(warm.values()), sorted(name for name, count in compiled().items() if count != warm[name]))
+print(sum(warm.values()), compiled_here, sorted(name for name, count in compiled().items() if count != warm[name]))
 """
 
 
@@ -93,11 +98,24 @@ def test_warmup_prepares_every_kernel_the_layers_call():
     """After warmup(), the table's layers at the small and the medium size
     (serial and parallel twins, short entries and general paths) compile
     and load nothing more."""
-    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "1"], capture_output=True, text=True,
+                          timeout=900, check=False)
     assert done.returncode == 0, done.stderr
-    prepared, missed = done.stdout.split(" ", 1)
+    prepared, _, missed = done.stdout.split(" ", 2)
     assert int(prepared) >= 40 and missed.strip() == "[]", done.stdout
+
+
+def test_warmup_in_two_processes_fills_an_empty_cache_that_this_one_loads(tmp_path):
+    """warmup(processes=2) into an empty cache: two new processes compile
+    every kernel at once (saving under the cache's lock), this process
+    compiles nothing and loads them all, and the table's layers then
+    compile and load nothing more."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "2"], capture_output=True, text=True,
+                          timeout=900, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    prepared, compiled_here, missed = done.stdout.split(" ", 2)
+    assert int(prepared) >= 40 and int(compiled_here) == 0 and missed.strip() == "[]", done.stdout
 
 
 def test_set_num_threads_validates_and_applies():
@@ -125,9 +143,13 @@ def test_set_num_threads_validates_and_applies():
         fl.set_num_threads(before)
 
 
-def test_warmup_validates_dtypes():
-    with pytest.raises(TypeError, match="warmup"):
+def test_warmup_validates_its_arguments():
+    with pytest.raises(TypeError, match="warmup: dtypes"):
         fl.warmup(dtypes=("float16",))
+    with pytest.raises(ValueError, match="warmup: processes"):
+        fl.warmup(processes=0)
+    with pytest.raises(TypeError, match="warmup: processes"):
+        fl.warmup(processes=2.0)
     fl.warmup(dtypes=("float64",))
 
 

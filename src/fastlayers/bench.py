@@ -302,13 +302,14 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
     return row
 
 
-def measure_compile(cold: bool) -> dict[str, float]:
+def measure_compile(cold: bool, processes: int = 1) -> dict[str, float]:
     """Seconds for a new process to import fastlayers and call all six once.
 
     ``cold``: with an empty NUMBA_CACHE_DIR, so every kernel compiles (both
     twins, both dtypes, via ``warmup``); then the same again with that cache
     now warm. Without ``cold`` only the warm figure, with the default cache
     (run twice, the second reported, so it is warm even on a first run).
+    The cold compile is ``warmup(processes=processes)``'s.
     """
     script = (
         "import time; t0 = time.perf_counter()\n"
@@ -316,7 +317,7 @@ def measure_compile(cold: bool) -> dict[str, float]:
         "t1 = time.perf_counter()\n"
         "import sys\n"
         "if sys.argv[1] == 'all':\n"
-        "    fl.warmup()\n"
+        "    fl.warmup(processes=int(sys.argv[2]))\n"
         "else:\n"
         "    x = np.ones((8, 4)); out, c = fl.affine_forward(x, np.ones((4, 4)), np.ones(4)); fl.affine_backward(out, c)\n"
         "    out, c = fl.relu_forward(x); fl.relu_backward(out, c)\n"
@@ -324,9 +325,9 @@ def measure_compile(cold: bool) -> dict[str, float]:
         "print(t1 - t0, time.perf_counter() - t0)\n"
     )
 
-    def run(env: dict[str, str], what: str) -> tuple[float, float]:
-        done = subprocess.run([sys.executable, "-c", script, what], env=env, capture_output=True, text=True,
-                              check=True)
+    def run(env: dict[str, str], what: str, processes: int = 1) -> tuple[float, float]:
+        done = subprocess.run([sys.executable, "-c", script, what, str(processes)], env=env, capture_output=True,
+                              text=True, check=True)
         import_s, total_s = map(float, done.stdout.split())
         return import_s, total_s
 
@@ -335,7 +336,7 @@ def measure_compile(cold: bool) -> dict[str, float]:
     if cold:
         with tempfile.TemporaryDirectory() as cache_dir:
             env["NUMBA_CACHE_DIR"] = cache_dir
-            result["cold_compile_all_s"] = run(env, "all")[1]
+            result["cold_compile_all_s"] = run(env, "all", processes)[1]
             run(env, "six")  # the warm run below measures the six calls
             result["import_s"], result["warm_first_calls_s"] = run(env, "six")
     else:
@@ -479,7 +480,9 @@ def run(args: Any) -> int:
     progress("warming up kernels")
     from . import warmup
 
-    warmup(tuple(dtypes))
+    # One process a core (numba compiles on one): a cold start in about half
+    # the time on 2 cores, a warm one about 1 s longer (BENCHMARKS.md, session 20).
+    warmup(tuple(dtypes), processes=os.cpu_count() or 1)
     ceilings = Ceilings({}, {})
     for size in sizes:
         for dtype in dtypes:
@@ -495,6 +498,11 @@ def run(args: Any) -> int:
         rows.append(bench_row(layer, dtype, size, ceilings, repeats, budget, has_torch))
     progress("measuring compile time in fresh processes")
     compile_times = measure_compile(cold=not args.quick)
+    processes = min(os.cpu_count() or 1, 2 * len(DTYPES))  # a process for each dtype and twin at most
+    if not args.quick and processes > 1:
+        compile_times["cold_compile_in_processes_s"] = measure_compile(cold=True, processes=processes)[
+            "cold_compile_all_s"]
+        compile_times["cold_compile_processes"] = processes
     progress("")
     print("", file=sys.stderr)
 
@@ -512,8 +520,12 @@ def run(args: Any) -> int:
     print(format_table(rows, has_torch))
     print()
     if "cold_compile_all_s" in compile_times:
+        in_processes = ""
+        if "cold_compile_in_processes_s" in compile_times:
+            in_processes = (f", {compile_times['cold_compile_in_processes_s']:.1f} s in "
+                            f"{compile_times['cold_compile_processes']} processes at once (warmup(processes=...))")
         print(f"compile, cold (every kernel, both twins, {'/'.join(DTYPES)}): "
-              f"{compile_times['cold_compile_all_s']:.1f} s")
+              f"{compile_times['cold_compile_all_s']:.1f} s in one process{in_processes}")
     print(f"new process, on-disk cache warm: import {compile_times['import_s']:.2f} s, "
           f"import + first call of all six {compile_times['warm_first_calls_s']:.2f} s")
     sizes_text = ", ".join(f"{name} {SIZES[name]['nd'][0]}x{SIZES[name]['nd'][1]} "

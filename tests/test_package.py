@@ -143,6 +143,11 @@ def test_set_num_threads_validates_and_applies():
         fl.set_num_threads(before)
 
 
+def test_a_failing_warmup_process_raises_with_its_error():
+    with pytest.raises(RuntimeError, match="warmup: a compiling process failed:(.|\n)*nonsense"):
+        fl._prepare_in_processes(["nonsense:serial", "float64:nowhere"], 2)
+
+
 def test_warmup_validates_its_arguments():
     with pytest.raises(TypeError, match="warmup: dtypes"):
         fl.warmup(dtypes=("float16",))

@@ -115,19 +115,33 @@ def _prepare_in_processes(jobs: list[str], processes: int) -> None:
     """Run ``jobs`` in ``processes`` new processes at once, each a contiguous
     share (one dtype's serial and parallel kernels together, where there are
     two dtypes and two processes: they share the most helper functions)."""
+    import contextlib
     import os
     import subprocess
     import sys
+    import tempfile
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shares = [jobs[i * len(jobs) // processes:(i + 1) * len(jobs) // processes] for i in range(processes)]
-    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, package_parent, *share], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for share in shares]
     failed = []
-    for worker in workers:
-        _, stderr = worker.communicate()
-        if worker.returncode != 0:
-            failed.append(stderr.strip()[-2000:])
+    with contextlib.ExitStack() as stack:
+        # Each worker's stderr goes to a file, read if it fails: a pipe left
+        # unread while another worker is waited for could fill and stall it.
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in shares]
+        workers: list[subprocess.Popen[str]] = []
+        try:
+            for share, log in zip(shares, logs):
+                workers.append(subprocess.Popen([sys.executable, "-c", _WORKER, package_parent, *share],
+                                                stdout=subprocess.DEVNULL, stderr=log, text=True))
+            for worker, log in zip(workers, logs):
+                if worker.wait() != 0:
+                    log.seek(0)
+                    failed.append(log.read().strip()[-2000:])
+        finally:  # interrupted: no worker outlives the call
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
     if failed:
         raise RuntimeError("warmup: a compiling process failed:\n" + "\n".join(failed))
 

@@ -151,6 +151,10 @@ def test_a_failing_warmup_process_raises_with_its_error():
 def test_warmup_validates_its_arguments():
     with pytest.raises(TypeError, match="warmup: dtypes"):
         fl.warmup(dtypes=("float16",))
+    with pytest.raises(TypeError, match="warmup: dtypes must be float32 or float64, got 'nonsense'"):
+        fl.warmup(dtypes=("nonsense",))
+    with pytest.raises(TypeError, match="warmup: dtypes must be float32 or float64, got 'int64'"):
+        fl.warmup(dtypes="int64")  # one name, not its letters
     with pytest.raises(ValueError, match="warmup: processes"):
         fl.warmup(processes=0)
     with pytest.raises(TypeError, match="warmup: processes"):

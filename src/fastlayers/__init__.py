@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 
-def warmup(dtypes: tuple[str, ...] = ("float32", "float64"), processes: int = 1) -> None:
-    """Compile (or load from the on-disk cache) every kernel for ``dtypes``.
+def warmup(dtypes: str | tuple[str, ...] = ("float32", "float64"), processes: int = 1) -> None:
+    """Compile (or load from the on-disk cache) every kernel for ``dtypes``
+    (a dtype's name, or a tuple of them).
 
     Servers call this once at start-up so that no request pays the
     first-call compile. Both the serial and the parallel twin of every
@@ -88,8 +89,14 @@ def warmup(dtypes: tuple[str, ...] = ("float32", "float64"), processes: int = 1)
         raise TypeError(f"warmup: processes must be an int, got {type(processes).__name__}")
     if processes < 1:
         raise ValueError(f"warmup: processes must be at least 1, got {processes}")
+    if isinstance(dtypes, str):  # one dtype, not its letters
+        dtypes = (dtypes,)
     for name in dtypes:
-        if np.dtype(name) not in (np.float32, np.float64):
+        try:
+            dtype = np.dtype(name)
+        except TypeError:  # not a dtype at all
+            dtype = None
+        if dtype not in (np.float32, np.float64):
             raise TypeError(f"warmup: dtypes must be float32 or float64, got {name!r}")
     jobs = [f"{np.dtype(name).name}:{path}" for name in dtypes for path in ("serial", "parallel")]
     from ._kernels import _disk_cache

@@ -6,6 +6,7 @@ import zlib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from numba.core.dispatcher import Dispatcher
 
 from fastlayers._kernels._twins import forced_path
 
@@ -92,3 +93,21 @@ def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def cached_dispatchers() -> dict:
+    """Every dispatcher of the package with an on-disk cache, by name (each
+    twin of a kernel apart). Imported here, not at the top: a test's
+    subprocess calls it too, and must import the kernels itself."""
+    from fastlayers import bench
+    from fastlayers._kernels import _twins, affine, batchnorm, relu
+
+    found = {"bench._parallel_copy": bench._parallel_copy}
+    for module in (affine, batchnorm, relu):
+        for name, kernel in vars(module).items():
+            if isinstance(kernel, _twins.TwinKernel):
+                found[f"{module.__name__}.{name}.serial"] = kernel.serial
+                found[f"{module.__name__}.{name}.parallel"] = kernel.parallel
+            elif isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ != "NullCache":
+                found[f"{module.__name__}.{name}"] = kernel
+    return found

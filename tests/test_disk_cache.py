@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from numba.core.dispatcher import Dispatcher
 
-from fastlayers import bench
-from fastlayers._kernels import _disk_cache, _twins, affine, batchnorm, relu
+from fastlayers._kernels import _disk_cache
+
+from conftest import cached_dispatchers
 
 # One kernel of the package's kind, cached beside its module file.
 KERNEL_MODULE = """
@@ -90,19 +90,6 @@ from kernel_module import doubled
 print([doubled(np.arange(3, dtype=dtype)).tolist() for dtype in ("float32", "float64")],
       sum(doubled.stats.cache_hits.values()))
 """
-
-
-def cached_dispatchers():
-    """Every dispatcher of the package with an on-disk cache, by name."""
-    found = {"bench._parallel_copy": bench._parallel_copy}
-    for module in (affine, batchnorm, relu):
-        for name, kernel in vars(module).items():
-            if isinstance(kernel, _twins.TwinKernel):
-                found[f"{module.__name__}.{name}.serial"] = kernel.serial
-                found[f"{module.__name__}.{name}.parallel"] = kernel.parallel
-            elif isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ != "NullCache":
-                found[f"{module.__name__}.{name}"] = kernel
-    return found
 
 
 @pytest.mark.skipif(_disk_cache.fcntl is None, reason="no fcntl: saves run as numba's own (see _disk_cache)")

@@ -55,28 +55,22 @@ def test_threading_layer_is_tbb_when_installed():
     assert out.stdout.strip() == expected if expected else out.stdout.strip() in ("omp", "workqueue")
 
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 WARMUP_COVERS_THE_TABLE = """
 import sys
 
 import numpy as np
 from numba.core import event
-from numba.core.dispatcher import Dispatcher
 
 import fastlayers
-from fastlayers._kernels import _twins, affine, batchnorm, relu
 from fastlayers._table import LAYERS
+
+sys.path.insert(0, sys.argv[2])  # the tests' folder
+from conftest import cached_dispatchers
 
 
 def compiled():  # signatures of every cached kernel, each twin apart
-    found = {}
-    for module in (affine, batchnorm, relu):
-        for name, kernel in vars(module).items():
-            if isinstance(kernel, _twins.TwinKernel):
-                found[name + ".serial"] = len(kernel.serial.signatures)
-                found[name + ".parallel"] = len(kernel.parallel.signatures)
-            elif isinstance(kernel, Dispatcher) and type(kernel._cache).__name__ != "NullCache":
-                found[name] = len(kernel.signatures)
-    return found
+    return {name: len(kernel.signatures) for name, kernel in cached_dispatchers().items()}
 
 
 with event.install_recorder("numba:compile") as recorder:  # compiles, not loads from the cache
@@ -98,7 +92,7 @@ def test_warmup_prepares_every_kernel_the_layers_call():
     """After warmup(), the table's layers at the small and the medium size
     (serial and parallel twins, short entries and general paths) compile
     and load nothing more."""
-    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "1"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "1", TESTS], capture_output=True, text=True,
                           timeout=900, check=False)
     assert done.returncode == 0, done.stderr
     prepared, _, missed = done.stdout.split(" ", 2)
@@ -111,7 +105,7 @@ def test_warmup_in_two_processes_fills_an_empty_cache_that_this_one_loads(tmp_pa
     compiles nothing and loads them all, and the table's layers then
     compile and load nothing more."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "2"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", WARMUP_COVERS_THE_TABLE, "2", TESTS], capture_output=True, text=True,
                           timeout=900, env=env, check=False)
     assert done.returncode == 0, done.stderr
     prepared, compiled_here, missed = done.stdout.split(" ", 2)

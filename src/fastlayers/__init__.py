@@ -91,6 +91,7 @@ def warmup(dtypes: str | tuple[str, ...] = ("float32", "float64"), processes: in
         raise ValueError(f"warmup: processes must be at least 1, got {processes}")
     if isinstance(dtypes, str):  # one dtype, not its letters
         dtypes = (dtypes,)
+    jobs = []
     for name in dtypes:
         try:
             dtype = np.dtype(name)
@@ -98,7 +99,7 @@ def warmup(dtypes: str | tuple[str, ...] = ("float32", "float64"), processes: in
             dtype = None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"warmup: dtypes must be float32 or float64, got {name!r}")
-    jobs = [f"{np.dtype(name).name}:{path}" for name in dtypes for path in ("serial", "parallel")]
+        jobs += [f"{dtype.name}:serial", f"{dtype.name}:parallel"]
     from ._kernels import _disk_cache
 
     if processes > 1 and _disk_cache.fcntl is not None:

@@ -325,7 +325,7 @@ def measure_compile(cold: bool, processes: int = 1) -> dict[str, float]:
         "print(t1 - t0, time.perf_counter() - t0)\n"
     )
 
-    def run(env: dict[str, str], what: str, processes: int = 1) -> tuple[float, float]:
+    def run(env: dict[str, str], what: str) -> tuple[float, float]:
         done = subprocess.run([sys.executable, "-c", script, what, str(processes)], env=env, capture_output=True,
                               text=True, check=True)
         import_s, total_s = map(float, done.stdout.split())
@@ -336,7 +336,7 @@ def measure_compile(cold: bool, processes: int = 1) -> dict[str, float]:
     if cold:
         with tempfile.TemporaryDirectory() as cache_dir:
             env["NUMBA_CACHE_DIR"] = cache_dir
-            result["cold_compile_all_s"] = run(env, "all", processes)[1]
+            result["cold_compile_all_s"] = run(env, "all")[1]
             run(env, "six")  # the warm run below measures the six calls
             result["import_s"], result["warm_first_calls_s"] = run(env, "six")
     else:
@@ -480,9 +480,11 @@ def run(args: Any) -> int:
     progress("warming up kernels")
     from . import warmup
 
-    # One process a core (numba compiles on one): a cold start in about half
-    # the time on 2 cores, a warm one about 1 s longer (BENCHMARKS.md, session 20).
-    warmup(tuple(dtypes), processes=os.cpu_count() or 1)
+    # One process a core (numba compiles on one), and no more than warmup's
+    # jobs, a dtype's twin each: a cold start in about half the time on 2
+    # cores, a warm one about 1 s longer (BENCHMARKS.md, session 20).
+    processes = min(os.cpu_count() or 1, 2 * len(DTYPES))
+    warmup(tuple(dtypes), processes=processes)
     ceilings = Ceilings({}, {})
     for size in sizes:
         for dtype in dtypes:
@@ -498,7 +500,6 @@ def run(args: Any) -> int:
         rows.append(bench_row(layer, dtype, size, ceilings, repeats, budget, has_torch))
     progress("measuring compile time in fresh processes")
     compile_times = measure_compile(cold=not args.quick)
-    processes = min(os.cpu_count() or 1, 2 * len(DTYPES))  # a process for each dtype and twin at most
     if not args.quick and processes > 1:
         compile_times["cold_compile_in_processes_s"] = measure_compile(cold=True, processes=processes)[
             "cold_compile_all_s"]

@@ -168,9 +168,19 @@ def test_blas_is_numpys_own_when_possible():
 
     int_type = ensure_blas()
     assert int_type in (np.int32, np.int64)
-    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    if config.get("name") == "scipy-openblas" and "64" in str(config.get("openblas configuration", "")):
+    if _numpy_blas_is_ilp64_openblas():
         assert int_type == np.int64  # NumPy's ILP64 OpenBLAS, one thread pool shared with x @ w
+
+
+def _numpy_blas_is_ilp64_openblas():
+    """What NumPy's build configuration says of its BLAS: meson builds
+    (NumPy 1.26 on) as show_config's dicts, older ones as distutils info."""
+    try:
+        config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except TypeError:  # NumPy before 1.26: show_config() takes no mode
+        info = np.__config__.get_info("blas_ilp64_opt_info")
+        return any(name.startswith("openblas64") for name in info.get("libraries", ()))
+    return config.get("name") == "scipy-openblas" and "USE64BITINT" in str(config.get("openblas configuration", ""))
 
 
 def test_scipy_blas_fallback_computes_the_same():

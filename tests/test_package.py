@@ -173,11 +173,12 @@ def test_blas_is_numpys_own_when_possible():
 
 
 def _numpy_blas_is_ilp64_openblas():
-    """What NumPy's build configuration says of its BLAS: meson builds
-    (NumPy 1.26 on) as show_config's dicts, older ones as distutils info."""
+    """What NumPy's build configuration says of its BLAS: show_config's
+    dicts where NumPy has them (meson builds), else the distutils info of
+    older NumPy (1.24, the oldest the package admits)."""
     try:
         config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    except TypeError:  # NumPy before 1.26: show_config() takes no mode
+    except TypeError:  # older NumPy: show_config() takes no mode
         info = np.__config__.get_info("blas_ilp64_opt_info")
         return any(name.startswith("openblas64") for name in info.get("libraries", ()))
     return config.get("name") == "scipy-openblas" and "USE64BITINT" in str(config.get("openblas configuration", ""))

@@ -309,8 +309,9 @@ def measure_compile(cold: bool, processes: int = 1, first_calls: bool = True) ->
     twins, both dtypes, via ``warmup``); then the same again with that cache
     now warm. Without ``cold`` only the warm figure, with the default cache
     (run twice, the second reported, so it is warm even on a first run).
-    The cold compile is ``warmup(processes=processes)``'s; without
-    ``first_calls`` it is the only figure (the warm one is measured once).
+    The cold compile is ``warmup(processes=processes)``'s. With
+    ``first_calls`` False the cold figure is the only one: for a caller
+    that measures the warm first calls elsewhere.
     """
     script = (
         "import time; t0 = time.perf_counter()\n"

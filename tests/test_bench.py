@@ -13,7 +13,7 @@ import pytest
 
 from fastlayers.__main__ import main
 from fastlayers._table import BATCHNORM_STEP, BY_NAME, LAYERS
-from fastlayers.bench import Row, floor_seconds
+from fastlayers.bench import Row, floor_seconds, measure_compile
 from fastlayers.bench import format_table as bench_table
 from fastlayers.scaling import FUNCTIONS, default_thread_counts, format_table
 
@@ -46,6 +46,12 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
     small_bn = next(line for line in table.splitlines() if line.startswith("bn forward") and " small " in line)
     assert re.search(r"- / \d+\.\d\dx +[01] of 1 +- / \d+\.\d\dx$", small_bn), small_bn
     assert "0 of 0" in next(line for line in table.splitlines() if " large " in line)
+
+
+def test_measure_compile_refuses_to_measure_nothing():
+    # Without cold there is no cold figure, so first_calls=False would leave none.
+    with pytest.raises(ValueError, match="first_calls=False .* needs cold=True"):
+        measure_compile(cold=False, first_calls=False)
 
 
 def test_ratios_against_torch_and_the_floor_use_the_time_alone():

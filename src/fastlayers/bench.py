@@ -311,8 +311,10 @@ def measure_compile(cold: bool, processes: int = 1, first_calls: bool = True) ->
     (run twice, the second reported, so it is warm even on a first run).
     The cold compile is ``warmup(processes=processes)``'s. With
     ``first_calls`` False the cold figure is the only one: for a caller
-    that measures the warm first calls elsewhere.
+    that measures the warm first calls elsewhere, so it needs ``cold``.
     """
+    if not cold and not first_calls:
+        raise ValueError("measure_compile: first_calls=False leaves only the cold figure, so it needs cold=True")
     script = (
         "import time; t0 = time.perf_counter()\n"
         "import numpy as np, fastlayers as fl\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange, types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from ._disk_cache import cached_njit
 from ._twins import twin
@@ -48,6 +48,14 @@ def _passes_overload(kept):
     return lambda kept: kept >= 0
 
 
+@register_jitable
+def relu_value(value, zero):
+    """max(value, 0) with NaN and -0.0 passed (``value < 0`` is False for
+    both); ``zero`` is typed as the output, so LLVM vectorises a loop of
+    this to vmaxps."""
+    return zero if value < zero else value
+
+
 @twin(RELU_FORWARD_THRESHOLD, unit="bytes")
 def _relu_forward(x, out, mask):
     """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
@@ -55,13 +63,12 @@ def _relu_forward(x, out, mask):
     zero = out.dtype.type(0)
     if mask.size == 0:
         for i in prange(x.size):
-            value = x[i]
-            out[i] = zero if value < zero else value  # typed zero: LLVM vectorises this to vmaxps
+            out[i] = relu_value(x[i], zero)
     else:
         for i in prange(x.size):
             value = x[i]
             mask[i] = value >= zero
-            out[i] = zero if value < zero else value
+            out[i] = relu_value(value, zero)
 
 
 @twin(RELU_BACKWARD_THRESHOLD, unit="bytes")
@@ -73,15 +80,17 @@ def _relu_backward(dout, kept, dx):
         dx[i] = dout[i] * (one if passes(kept[i]) else zero)
 
 
-_relu_forward_serial = _relu_forward.serial
-
-
 @cached_njit(error_model="numpy")
 def relu_forward_plain(x, out):
-    """``_relu_forward``'s serial twin for a C-contiguous x and out of one
-    shape (any number of dimensions), without the mask: two arguments
-    instead of three, and the flat views taken here rather than in Python."""
-    _relu_forward_serial(x.reshape(-1), out.reshape(-1), np.empty(0, dtype=np.bool_))
+    """``_relu_forward``'s serial loop without the mask, for a C-contiguous
+    x and out of one shape (any number of dimensions): two arguments
+    instead of three, the flat views taken here rather than in Python, and
+    no empty mask to allocate (0.1 of 0.9 us at 64x100 float32: BENCHMARKS.md,
+    session 22)."""
+    x_flat, out_flat = x.reshape(-1), out.reshape(-1)
+    zero = out.dtype.type(0)
+    for i in range(x_flat.size):
+        out_flat[i] = relu_value(x_flat[i], zero)
 
 
 _relu_backward_serial = _relu_backward.serial

@@ -22,7 +22,7 @@ from ._twins import (
     sum_parts_chunk,
     twin,
 )
-from .relu import passes
+from .relu import passes, relu_value
 
 # The bias fill, the ReLU epilogue and the db reduction are memory passes
 # over (N, M); gemm threads itself. Next to the gemm those passes are small,
@@ -86,7 +86,7 @@ def _affine_forward(blas_int, x, x_is_t, w, w_is_t, b, relu_mask, out):
             for j in range(m):
                 value = out[i, j]
                 relu_mask[i, j] = value >= zero
-                out[i, j] = zero if value < zero else value
+                out[i, j] = relu_value(value, zero)
 
 
 _affine_forward_serial = _affine_forward.serial

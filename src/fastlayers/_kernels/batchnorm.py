@@ -28,7 +28,7 @@ from ._twins import (
     task_bounds,
     twin,
 )
-from .relu import passes
+from .relu import passes, relu_value
 
 # Where the parallel twins start to win, in elements of x, for float32 (4)
 # and float64 (8) inputs (dout's dtype for the backward). The arithmetic is
@@ -340,8 +340,7 @@ def _relu_after_overload(value, relu_like):
         return lambda value, relu_like: value
 
     def relu(value, relu_like):
-        zero = relu_like.dtype.type(0)
-        return zero if value < zero else value
+        return relu_value(value, relu_like.dtype.type(0))
 
     return relu
 

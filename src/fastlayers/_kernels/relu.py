@@ -51,8 +51,9 @@ def _passes_overload(kept):
 @register_jitable
 def relu_value(value, zero):
     """max(value, 0) with NaN and -0.0 passed (``value < 0`` is False for
-    both); ``zero`` is typed as the output, so LLVM vectorises a loop of
-    this to vmaxps."""
+    both): the ReLU of every kernel (here, the affine layer's epilogue,
+    batch norm's ``relu_after``). ``zero`` is typed as the output, so LLVM
+    vectorises a loop of this to vmaxps."""
     return zero if value < zero else value
 
 

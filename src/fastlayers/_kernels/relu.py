@@ -12,7 +12,6 @@ be the very array it reads (in-place); the API layer refuses other overlaps.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import prange, types
 from numba.extending import overload, register_jitable
 

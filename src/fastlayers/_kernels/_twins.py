@@ -106,10 +106,7 @@ class TwinKernel:
         and no path is forced onto the parallel twin: a caller with a
         shorter entry to the serial twin (fewer arguments for numba to
         type) may take it instead."""
-        threshold = self.threshold  # threshold_for's body, without its call: small calls ask this
-        if type(threshold) is not int:
-            threshold = threshold[itemsize]
-        return work < threshold and _forced_path != "parallel"
+        return work < self.threshold_for(itemsize) and _forced_path != "parallel"
 
     def parallel_wins(self, work: int, itemsize: int | None = None) -> bool:
         """Whether ``work`` is at or over the threshold for arrays of

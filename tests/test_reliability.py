@@ -215,6 +215,29 @@ def test_batchnorm_of_a_constant_beyond_1e154_has_zero_variance(n, path):
     assert np.isfinite(dx).all() and np.abs(dx).max() <= max(np.abs(dx_ref).max(), 1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 8, 45, 517])
+@pytest.mark.parametrize("d", [3, 2048])  # 2048: the column stripes on the parallel path
+@pytest.mark.parametrize("path", ["serial", "parallel"])
+def test_float32_constant_columns_far_from_zero_give_beta(n, d, path):
+    """Constant float32 columns of 1e9, -3e7 and 2**100: variance 0, so
+    every output is beta exactly (each element's x - mean is 0). The
+    normalise folded into ``x * scale + (beta - mean * scale)`` would give
+    beta plus the rounding of mean * scale (scale = 1/sqrt(eps), 316 here),
+    far beyond float32's: BENCHMARKS.md, session 23."""
+    x = np.empty((n, d), np.float32)
+    x[:, 0::3], x[:, 1::3], x[:, 2::3] = 1e9, -3e7, 2.0**100
+    gamma = np.ones(d, np.float32)
+    beta = np.resize(np.array([0.5, -2.25, 3.0], np.float32), d)
+    with forced_path(path):
+        out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        dx, dgamma, dbeta = fl.batchnorm_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(cache.var, 0.0)
+    np.testing.assert_array_equal(out, np.broadcast_to(beta, x.shape))
+    np.testing.assert_array_equal(dgamma, 0.0)
+    np.testing.assert_array_equal(dbeta, np.float32(n))
+    np.testing.assert_array_equal(dx, 0.0)
+
+
 @pytest.mark.parametrize("n", [2, 7, 8, 45, 517])
 @pytest.mark.parametrize("path", ["serial", "parallel"])
 def test_batchnorm_beyond_1e154_computes_as_in_the_normal_range(n, path):

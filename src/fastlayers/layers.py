@@ -594,23 +594,25 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         new_var = np.empty(d, np.result_type(running_var, xa))
         momentum = args["momentum"]
         n_parts = n_row_parts(n)
-        tasks = (n_parts, n_column_splits(n_parts, d))
-        work = parted_work(*tasks, n * d)
         if n_stripes:
             n_total = n
             _batchnorm_train_stripes(n * d, x_c, n_parts, n_stripes, gamma_a, beta_a, args["eps"], momentum,
                                      running_mean, running_var, center, var, new_mean, new_var, relu_like, out)
-        elif comm is None:
-            n_total = n
-            _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean, new_var)
-        else:
-            counts = global_rows(func, comm, n, d, xa.dtype)
-            n_total = int(counts.sum())
-            if n > 0:  # this rank's statistics; the running update waits for the global ones
-                _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean[:0],
-                                 new_var[:0])
-            merge_statistics(comm, counts, center, var)
-            update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
+        else:  # the statistics' tasks: (row part, column range)
+            tasks = (n_parts, n_column_splits(n_parts, d))
+            work = parted_work(*tasks, n * d)
+            if comm is None:
+                n_total = n
+                _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var, new_mean,
+                                 new_var)
+            else:
+                counts = global_rows(func, comm, n, d, xa.dtype)
+                n_total = int(counts.sum())
+                if n > 0:  # this rank's statistics; the running update waits for the global ones
+                    _batchnorm_stats(work, x_c, *tasks, center, var, momentum, running_mean, running_var,
+                                     new_mean[:0], new_var[:0])
+                merge_statistics(comm, counts, center, var)
+                update_running(momentum, running_mean, running_var, center, var, x_c, new_mean, new_var)
         cache = BatchNormCache(x_c, gamma_a, beta_a, center, var, args["eps"], dtype, n_total, comm)
         running_mean, running_var = new_mean, new_var
     else:

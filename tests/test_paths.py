@@ -189,6 +189,7 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
     itemsize = np.dtype(dtype).itemsize
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 2 << 20)  # as if a core had 2 MiB of L2
     # Stripes whose x (dout and x for the backward) fits: of 1024 columns in 1 MiB, else of 4 KiB of a row in 2 MiB.
     forward_stripes, backward_stripes = (next((n_stripes for n_stripes, limit in ((d // 1024, 1 << 20),
                                                                                   (d * itemsize // 4096, 2 << 20))
@@ -247,10 +248,12 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
 
 def test_column_stripes_where_they_pay(monkeypatch):
     """Stripes of 1024 to 2047 columns while the stripes of the arrays read
-    twice (x; dout and x) fit in 1 MiB, else of 4 KiB to 8 KiB of a row
-    (float64: 512 to 1023 columns) while those fit in 2 MiB, as many as the
-    threads or more; else (0) the passes over row parts."""
+    twice (x; dout and x) fit in half a core's L2 (here 2 MiB), else of
+    4 KiB to 8 KiB of a row (float64: 512 to 1023 columns) while those fit
+    in all of it, as many as the threads or more; else (0) the passes over
+    row parts."""
     _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 2 << 20)
     for threads, shape, itemsize, expected in [
         (2, (512, 4096), 4, 4), (2, (513, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 8),
         (2, (512, 4096), 8, 8), (2, (513, 4096), 8, 0), (2, (85, 3071), 8, 2), (2, (86, 3071), 8, 5),
@@ -263,6 +266,46 @@ def test_column_stripes_where_they_pay(monkeypatch):
         assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
         # Two arrays (the backward): as one of twice the rows.
         assert n_column_stripes(*shape, itemsize, 2) == n_column_stripes(2 * shape[0], shape[1], itemsize)
+
+
+def test_column_stripes_follow_the_l2(monkeypatch):
+    """With 1 MiB of L2 a core, the stripes stop where half as many rows
+    fit: the medium size's backward (dout and x, 256x4096) runs over row
+    parts in both dtypes, its forward in stripes."""
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))
+    monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 1 << 20)
+    for shape, itemsize, n_arrays, expected in [
+        ((256, 4096), 4, 1, 4), ((257, 4096), 4, 1, 0), ((256, 4096), 8, 1, 8), ((257, 4096), 8, 1, 0),
+        ((64, 4096), 8, 1, 4), ((65, 4096), 8, 1, 8), ((256, 4096), 4, 2, 0), ((128, 4096), 4, 2, 4),
+        ((256, 4096), 8, 2, 0), ((128, 4096), 8, 2, 8), ((256, 8192), 4, 2, 0), ((64, 8192), 4, 2, 8),
+    ]:
+        assert n_column_stripes(*shape, itemsize, n_arrays) == expected, (shape, itemsize, n_arrays)
+
+
+def _fake_cache_dir(root, caches):
+    """A directory laid out as Linux's cpu0/cache: (level, type, size) per index."""
+    for index, (level, kind, size) in enumerate(caches):
+        entry = root / f"index{index}"
+        entry.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (entry / name).write_text(text + "\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("caches, expected", [
+    ([("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"), ("3", "Unified", "32768K")],
+     1 << 20),
+    ([("1", "Data", "48K"), ("2", "Unified", "2M")], 2 << 20),
+    ([("2", "Data", "512K")], 512 << 10),
+    ([("1", "Data", "32K"), ("2", "Instruction", "1024K")], _twins.DEFAULT_L2_BYTES),  # no data cache at level 2
+    ([("2", "Unified", "lots")], _twins.DEFAULT_L2_BYTES),
+    ([("2", "Unified", "0K")], _twins.DEFAULT_L2_BYTES),
+    ([], _twins.DEFAULT_L2_BYTES),
+], ids=["zen4", "megabytes", "data", "instruction-only", "unreadable", "zero", "none"])
+def test_core_l2_bytes_reads_what_linux_reports(tmp_path, caches, expected):
+    assert _twins.core_l2_bytes(_fake_cache_dir(tmp_path, caches)) == expected
+    assert _twins.core_l2_bytes(str(tmp_path / "missing")) == _twins.DEFAULT_L2_BYTES
 
 
 def test_a_single_task_takes_the_serial_twin():

@@ -13,6 +13,7 @@ the input's shape only, so both twins compute the same bits.
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -235,7 +236,8 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
 #   half the L2 on (backward float32 256x4096 584/625, session 17).
 # So stripes run while the stripes of the arrays both passes read (x; dout
 # and x for the backward) fit in the L2 of a core (2 MiB on the machine
-# measured): stripes of 1024 to 2047 columns while they fit in half of it,
+# measured; STRIPE_MAX_BYTES is the L2 of the machine that runs, see
+# ``core_l2_bytes``): stripes of 1024 to 2047 columns while they fit in half of it,
 # else of 4 KiB to 8 KiB of a row (512 to 1023 float64 columns), up to 512
 # rows for the forward and 256 for the backward. Where both fit in half the
 # L2, the wider won at 32-64 float64 rows (forward 32x8192 212 against 225,
@@ -248,10 +250,46 @@ def n_column_splits(n_parts: int, n_features: int) -> int:
 # 511-557 against 536-555 us). A stripe per task and no more tasks than
 # stripes: where the threads outnumber the stripes, the row parts' tasks
 # are kept (not measured beyond 2 threads).
+# On a 2-core AMD EPYC (Zen 4) with 1 MiB of L2 a core (session 24), the
+# stripes that fit 2 MiB but not 1 MiB lost to the passes over row parts:
+# the public functions, stripes / row parts, median of 61 alternating,
+# three processes, us: backward float64 256x4096 1264/1119, 1269/1175,
+# 1020/937; float32 256x4096 430/391, 336/317, 547/519; float32 256x8192
+# 982/846, 1252/1106, 1112/1078; forward float64 512x4096 1468/1249,
+# 1429/1331, 1447/1362. So the limit is the L2 of the machine that runs.
 STRIPE_COLUMNS = 1024
 STRIPE_MIN_ROW_BYTES = 4096
 STRIPES_MIN_FEATURES = 2 * STRIPE_COLUMNS
-STRIPE_MAX_BYTES = 2 << 20
+DEFAULT_L2_BYTES = 2 << 20  # the machine the stripes were first measured on
+
+
+def core_l2_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The L2 cache of one core in bytes, as Linux reports it under
+    ``cache_dir`` (the first level-2 data or unified cache listed there),
+    or DEFAULT_L2_BYTES where it does not (other systems, or no such
+    cache)."""
+    try:
+        entries = sorted(os.listdir(cache_dir))
+    except OSError:
+        return DEFAULT_L2_BYTES
+    for entry in entries:
+        try:
+            with open(os.path.join(cache_dir, entry, "level")) as level, \
+                    open(os.path.join(cache_dir, entry, "type")) as kind, \
+                    open(os.path.join(cache_dir, entry, "size")) as size:
+                if level.read().strip() != "2" or kind.read().strip() not in ("Data", "Unified"):
+                    continue
+                text = size.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        digits = text[:-1] if scale > 1 else text
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits) * scale
+    return DEFAULT_L2_BYTES
+
+
+STRIPE_MAX_BYTES = core_l2_bytes()
 
 
 def n_column_stripes(n_rows: int, n_features: int, itemsize: int, n_arrays: int = 1) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from fastlayers.__main__ import main
 from fastlayers._table import BATCHNORM_STEP, BY_NAME, LAYERS
-from fastlayers.bench import Row, floor_seconds, measure_compile
+from fastlayers.bench import Row, copy_bandwidth_ranges, floor_seconds, measure_compile
 from fastlayers.bench import format_table as bench_table
 from fastlayers.scaling import FUNCTIONS, default_thread_counts, format_table
 
@@ -26,7 +26,7 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    for name in ("affine_forward", "relu_backward", "batchnorm_backward", "% of floor", "bare x@w",
+    for name in ("affine_forward", "relu_backward", "batchnorm_backward", "% of floor", "bare x@w", "measured beside each row",
                  "import + first call of all six", "affine_batchnorm_relu_backward", "composed", "batchnorm_step", "np.maximum(x, 0)", "dout * (x >= 0)"):
         assert name in done.stdout
     document = json.loads(target.read_text())
@@ -40,12 +40,29 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
         # Without PyTorch, fastlayers is timed alone for the rows with a floor only.
         assert (row["alone_s"] is not None) == (row["floor_s"] is not None)
         assert row["alone_s"] is None or row["alone_s"] > 0
+        # Each floor comes from the ceilings measured beside its own row.
+        if row["floor_s"] is None:
+            assert row["copy_bandwidth_gbs"] is None and row["first_touch_s"] is None
+        else:
+            assert row["copy_bandwidth_gbs"] > 0 and row["first_touch_s"] >= 0
+            assert row["floor_s"] == floor_seconds(row["function"], tuple(row["shape"]), row["dtype"],
+                                                   row["copy_bandwidth_gbs"], row["first_touch_s"])
     assert document["compile"]["warm_first_calls_s"] > 0
     # scripts/targets.py reads the document: the small float64 rows give figures, the rest none.
     table = _load_script("targets").format_targets([document])
     small_bn = next(line for line in table.splitlines() if line.startswith("bn forward") and " small " in line)
     assert re.search(r"- / \d+\.\d\dx +[01] of 1 +- / \d+\.\d\dx$", small_bn), small_bn
     assert "0 of 0" in next(line for line in table.splitlines() if " large " in line)
+
+
+def test_copy_bandwidth_ranges_span_the_rows_of_each_size_and_dtype():
+    def row(size, dtype, gbs):
+        return Row("relu_forward", dtype, size, (64, 100), 1e-6, 2e-6, copy_bandwidth_gbs=gbs)
+
+    rows = [row("small", "float64", 41.26), row("small", "float64", 38.04), row("small", "float32", 30.0),
+            row("small", "float32", 30.04), row("medium", "float64", None)]
+    assert copy_bandwidth_ranges(rows) == "small/float64 38.0-41.3 GB/s, small/float32 30.0 GB/s"
+    assert copy_bandwidth_ranges(rows[-1:]) == "none"
 
 
 def test_measure_compile_refuses_to_measure_nothing():

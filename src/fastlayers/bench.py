@@ -6,10 +6,11 @@ right after an untimed call of itself (so compile time never enters a
 figure, and each finds its own data in cache), and taking medians; PyTorch
 CPU, when importable, is timed the same way right after, in a block of its
 own, and so is fastlayers again ("alone") for the ratios against PyTorch
-and the copy, which are timed call after call too. In the same run it
-measures the machine's ceilings: the
-copy bandwidth (a parallel copy into a reused array), the first-touch cost
-of each fresh output, and NumPy's bare ``x @ w`` for the affine shapes.
+and the copy, which are timed call after call too. Beside each row it
+measures the machine's ceilings for that row's arrays: the copy bandwidth
+(a parallel copy into a reused array) and the first-touch cost of a fresh
+output, right after the row's own blocks, and NumPy's bare ``x @ w`` for
+the affine shapes, alternating with the layer.
 Memory-bound kernels are reported as "% of floor" (floor / time, where the
 floor is the bytes the kernel must move over the copy bandwidth plus the
 first-touch cost of its outputs); the affine layer as its time over the bare
@@ -156,18 +157,13 @@ class Row:
     # the figure that "vs torch" and "% of floor" compare (see bench_row,
     # which measures it for every row with either).
     alone_s: float | None = None
+    # The ceilings behind floor_s, measured beside this row (measure_ceilings).
+    copy_bandwidth_gbs: float | None = None
+    first_touch_s: float | None = None
 
     @property
     def speedup(self) -> float:
         return self.reference_s / self.fastlayers_s
-
-
-@dataclass
-class Ceilings:
-    """The machine's limits, by "size/dtype" of one (N, D) array."""
-
-    copy_bandwidth_gbs: dict[str, float]
-    first_touch_s: dict[str, float]
 
 
 def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], Any] | None:
@@ -254,8 +250,7 @@ def _numpy_baseline(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[],
     return lambda: dout * (x >= 0)
 
 
-def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: int, budget: float,
-              with_torch: bool) -> Row:
+def bench_row(layer: Layer, dtype: str, size: str, repeats: int, budget: float, with_torch: bool) -> Row:
     rng = np.random.default_rng(0)
     inputs = layer.inputs(rng, size, dtype)
     calls: dict[str, Callable[[], Any]] = {}
@@ -295,10 +290,16 @@ def bench_row(layer: Layer, dtype: str, size: str, ceilings: Ceilings, repeats: 
               blas_s=times.get("blas"), composed_s=times.get("composed"), numpy_s=times.get("numpy"),
               alone_s=times.get("alone"))
     if layer.name in ARRAY_PASSES:
+        # The ceilings of this row's (N, D) array, measured now rather than
+        # once a run: the first touch of a fresh output above all drifts
+        # with the machine's state. Measured once a run, at its best, it
+        # made a large float32 batchnorm_forward that had slowed with the
+        # machine (as PyTorch's call had) 83% of its floor, 104% in the
+        # next run (BENCHMARKS.md, session 23). After the row's own blocks,
+        # so the layer's figures are timed as before.
+        row.copy_bandwidth_gbs, row.first_touch_s = measure_ceilings(shape, dtype, repeats)
         row.bytes_moved = bytes_moved(layer.name, shape, dtype)
-        key = f"{size}/{dtype}"
-        row.floor_s = floor_seconds(layer.name, shape, dtype, ceilings.copy_bandwidth_gbs[key],
-                                    ceilings.first_touch_s[key])
+        row.floor_s = floor_seconds(layer.name, shape, dtype, row.copy_bandwidth_gbs, row.first_touch_s)
     return row
 
 
@@ -377,6 +378,20 @@ def aligned(lines: list[list[str]]) -> str:
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(text)
+
+
+def copy_bandwidth_ranges(rows: list[Row]) -> str:
+    """The copy bandwidths measured beside ``rows``, as "size/dtype low-high
+    GB/s" (one figure where the row's measurements agree to 0.1 GB/s)."""
+    by_key: dict[str, list[float]] = {}
+    for row in rows:
+        if row.copy_bandwidth_gbs is not None:
+            by_key.setdefault(f"{row.size}/{row.dtype}", []).append(row.copy_bandwidth_gbs)
+    ranges = []
+    for key, values in by_key.items():
+        low, high = f"{min(values):.1f}", f"{max(values):.1f}"
+        ranges.append(f"{key} {low if low == high else f'{low}-{high}'} GB/s")
+    return ", ".join(ranges) or "none"
 
 
 def format_table(rows: list[Row], has_torch: bool) -> str:
@@ -490,19 +505,12 @@ def run(args: Any) -> int:
     # cores, a warm one about 1 s longer (BENCHMARKS.md, session 20).
     processes = min(os.cpu_count() or 1, 2 * len(DTYPES))
     warmup(tuple(dtypes), processes=processes)
-    ceilings = Ceilings({}, {})
-    for size in sizes:
-        for dtype in dtypes:
-            progress(f"measuring copy bandwidth and first-touch cost, {size} {dtype}")
-            key = f"{size}/{dtype}"
-            ceilings.copy_bandwidth_gbs[key], ceilings.first_touch_s[key] = measure_ceilings(
-                SIZES[size]["nd"], dtype)
 
     rows = []
     plan = [(layer, dtype, size) for size in sizes for dtype in dtypes for layer in [*LAYERS, BATCHNORM_STEP]]
     for index, (layer, dtype, size) in enumerate(plan, 1):
         progress(f"[{index}/{len(plan)}] {layer.name} {dtype} {size}")
-        rows.append(bench_row(layer, dtype, size, ceilings, repeats, budget, has_torch))
+        rows.append(bench_row(layer, dtype, size, repeats, budget, has_torch))
     progress("measuring compile time in fresh processes")
     compile_times = measure_compile(cold=not args.quick)
     if not args.quick and processes > 1:
@@ -515,8 +523,8 @@ def run(args: Any) -> int:
     print(f"fastlayers {__version__} bench: numpy {np.__version__}, numba {numba.__version__}, "
           f"threading layer {threading_layer()}, {get_num_threads()} threads, "
           f"{os.cpu_count()} cores ({_cpu_model()})")
-    print("copy bandwidth (parallel copy of one (N, D) array into a reused one): " + ", ".join(
-        f"{key} {value:.1f} GB/s" for key, value in ceilings.copy_bandwidth_gbs.items()))
+    print("copy bandwidth (parallel copy of one (N, D) array into a reused one), measured beside each row with a "
+          "floor: " + copy_bandwidth_ranges(rows))
     print(f"medians of up to {repeats} alternating repeats, each right after an untimed call of itself; "
           f"'alone' = fastlayers timed again in a block of its own, as PyTorch and the copy are")
     print("vs torch = torch / alone; % of floor = (bytes / copy bandwidth + first touch of fresh outputs) / alone")
@@ -539,7 +547,7 @@ def run(args: Any) -> int:
     print(f"sizes: {sizes_text}")
 
     if args.json:
-        write_json(args.json, {"threads": get_num_threads(), "ceilings": asdict(ceilings), "compile": compile_times,
+        write_json(args.json, {"threads": get_num_threads(), "compile": compile_times,
                                "rows": [dict(asdict(r), speedup=r.speedup) for r in rows]})
     if args.plot:
         try:

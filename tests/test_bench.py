@@ -26,8 +26,9 @@ def test_bench_small_run_writes_table_and_json(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    for name in ("affine_forward", "relu_backward", "batchnorm_backward", "% of floor", "bare x@w", "measured beside each row",
-                 "import + first call of all six", "affine_batchnorm_relu_backward", "composed", "batchnorm_step", "np.maximum(x, 0)", "dout * (x >= 0)"):
+    for name in ("affine_forward", "relu_backward", "batchnorm_backward", "% of floor", "bare x@w",
+                 "measured beside each row", "import + first call of all six", "affine_batchnorm_relu_backward",
+                 "composed", "batchnorm_step", "np.maximum(x, 0)", "dout * (x >= 0)"):
         assert name in done.stdout
     document = json.loads(target.read_text())
     assert [row["function"] for row in document["rows"]] == [layer.name for layer in [*LAYERS, BATCHNORM_STEP]]

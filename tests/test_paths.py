@@ -135,6 +135,13 @@ def test_batchnorm_shortcut_equals_general_path(path, rng, shape, dtype, vectors
         assert bitwise_equal(shortcut, expected), name
 
 
+def as_if_numba_had(monkeypatch, threads):
+    """Make the kernels' dispatch see ``threads`` numba threads (the
+    threading layer's getter replaced; its chunk-size calls kept)."""
+    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
+    monkeypatch.setattr(_twins, "_layer_calls", (lambda: threads, chunk_size, set_chunk_size))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, n_parts, n_splits", [((32, 8192), 1, 8), ((40, 4600), 1, 4), ((64, 4096), 2, 1)])
 def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, n_parts, n_splits, dtype):
@@ -156,8 +163,7 @@ def test_batchnorm_splits_a_single_row_part_by_columns(rng, monkeypatch, shape, 
             entry = getattr(kernel, twin)
             monkeypatch.setattr(kernel, twin, lambda *args, entry=entry, name=f"{kernel.name} {twin}": (
                 taken.append(name), entry(*args))[1])
-    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
-    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    as_if_numba_had(monkeypatch, 2)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
     gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
@@ -187,8 +193,7 @@ def test_batchnorm_short_batches_run_in_column_stripes(rng, monkeypatch, shape, 
     (with the affine layer's db in the sandwich, and dx written into dout)."""
     n, d = shape
     itemsize = np.dtype(dtype).itemsize
-    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
-    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    as_if_numba_had(monkeypatch, 2)
     monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 2 << 20)  # as if a core had 2 MiB of L2
     # Stripes whose x (dout and x for the backward) fits: of 1024 columns in 1 MiB, else of 4 KiB of a row in 2 MiB.
     forward_stripes, backward_stripes = (next((n_stripes for n_stripes, limit in ((d // 1024, 1 << 20),
@@ -252,7 +257,6 @@ def test_column_stripes_where_they_pay(monkeypatch):
     4 KiB to 8 KiB of a row (float64: 512 to 1023 columns) while those fit
     in all of it, as many as the threads or more; else (0) the passes over
     row parts."""
-    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
     monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 2 << 20)
     for threads, shape, itemsize, expected in [
         (2, (512, 4096), 4, 4), (2, (513, 4096), 4, 0), (2, (128, 4096), 8, 4), (2, (129, 4096), 8, 8),
@@ -262,7 +266,7 @@ def test_column_stripes_where_they_pay(monkeypatch):
         (1, (64, 4096), 4, 0), (4, (64, 4096), 4, 4), (5, (64, 4096), 4, 0), (16, (8, 16384), 8, 16),
         (8, (300, 4096), 8, 8), (9, (300, 4096), 8, 0), (1, (300, 4096), 8, 0),
     ]:
-        monkeypatch.setattr(_twins, "_layer_calls", (lambda threads=threads: threads, chunk_size, set_chunk_size))
+        as_if_numba_had(monkeypatch, threads)
         assert n_column_stripes(*shape, itemsize) == expected, (threads, shape, itemsize)
         # Two arrays (the backward): as one of twice the rows.
         assert n_column_stripes(*shape, itemsize, 2) == n_column_stripes(2 * shape[0], shape[1], itemsize)
@@ -272,8 +276,7 @@ def test_column_stripes_follow_the_l2(monkeypatch):
     """With 1 MiB of L2 a core, the stripes stop where half as many rows
     fit: the medium size's backward (dout and x, 256x4096) runs over row
     parts in both dtypes, its forward in stripes."""
-    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
-    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))
+    as_if_numba_had(monkeypatch, 2)
     monkeypatch.setattr(_twins, "STRIPE_MAX_BYTES", 1 << 20)
     for shape, itemsize, n_arrays, expected in [
         ((256, 4096), 4, 1, 4), ((257, 4096), 4, 1, 0), ((256, 4096), 8, 1, 8), ((257, 4096), 8, 1, 0),
@@ -328,8 +331,7 @@ def test_twin_thresholds_by_itemsize(monkeypatch):
     for twin in ("serial", "parallel"):
         monkeypatch.setattr(kernel, twin, lambda *args, twin=twin: taken.append(twin))
     monkeypatch.setattr(kernel, "threshold", {4: 100, 8: 50})
-    _, chunk_size, set_chunk_size = _twins._layer_calls or _twins._bind_layer_calls()
-    monkeypatch.setattr(_twins, "_layer_calls", (lambda: 2, chunk_size, set_chunk_size))  # as if numba had 2 threads
+    as_if_numba_had(monkeypatch, 2)
     for dtype in (np.float32, np.float64):
         kernel(75, np.empty(1, dtype))
     assert taken == ["serial", "parallel"]

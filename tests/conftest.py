@@ -102,7 +102,7 @@ def cached_dispatchers() -> dict:
     from fastlayers import _memory, bench
     from fastlayers._kernels import _twins, affine, batchnorm, relu
 
-    found = {"bench._parallel_copy": bench._parallel_copy, "_memory.page_offsets": _memory.page_offsets}
+    found = {"bench._parallel_copy": bench._parallel_copy, "_memory.start_apart": _memory.start_apart}
     for module in (affine, batchnorm, relu):
         for name, kernel in vars(module).items():
             if isinstance(kernel, _twins.TwinKernel):

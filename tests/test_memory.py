@@ -3,8 +3,6 @@ within a page (``fastlayers._memory``); small ones are plain arrays."""
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -18,7 +16,7 @@ from fastlayers._memory import (
     PAGE_BYTES,
     empty_apart,
     page_offset_apart,
-    page_offsets,
+    start_apart,
 )
 
 from conftest import DTYPES
@@ -48,24 +46,23 @@ def at_page_offset(shape: tuple[int, ...], dtype, offset: int, rng: np.random.Ge
     return array
 
 
-@pytest.mark.parametrize(("offsets", "expected"), [
-    ([16, 16], 2048),  # one gap, the whole page round from 16: its middle, 2064, down to a line
-    ([0, 2048], 1024),  # two equal gaps: the first
-    ([4000, 100], 2048),  # the gap from 100 to 4000
-    ([3000, 3100], 960),  # the gap from 3100 round to 3000: middle 5098, 1002 within the page, down to a line
+@pytest.mark.parametrize(("first", "second", "expected"), [
+    (16, 16, 2048),  # one gap, the whole page round from 16: its middle, 2064, down to a line
+    (0, 2048, 1024),  # two equal gaps: the first
+    (4000, 100, 2048),  # the gap from 100 to 4000
+    (3000, 3100, 960),  # the gap from 3100 round to 3000: middle 5098, 1002 within the page, down to a line
 ])
-def test_page_offset_apart_takes_the_middle_of_the_widest_gap(offsets, expected):
-    assert page_offset_apart(offsets) == expected
+def test_page_offset_apart_takes_the_middle_of_the_wider_gap(first, second, expected):
+    assert page_offset_apart(first, second) == expected
 
 
-@given(st.lists(st.integers(0, PAGE_BYTES - 1), min_size=1, max_size=4))
-def test_page_offset_apart_is_a_line_as_far_from_every_offset_as_lines_allow(offsets):
-    chosen = page_offset_apart(offsets)
+@given(st.integers(0, PAGE_BYTES - 1), st.integers(0, PAGE_BYTES - 1))
+def test_page_offset_apart_is_a_line_as_far_from_both_offsets_as_lines_allow(first, second):
+    chosen = page_offset_apart(first, second)
     assert 0 <= chosen < PAGE_BYTES and chosen % LINE_BYTES == 0
-    ordered = sorted(offsets)
-    widest = max([b - a for a, b in pairwise(ordered)] + [ordered[0] + PAGE_BYTES - ordered[-1]])
-    # The middle of the widest gap is widest / 2 from its ends; rounding to a line moves it less than a line.
-    assert min(circular_distance(chosen, offset) for offset in offsets) > widest // 2 - LINE_BYTES
+    wider = max((first - second) % PAGE_BYTES, (second - first) % PAGE_BYTES)
+    # The middle of the wider gap is wider / 2 from its ends; rounding to a line moves it less than a line.
+    assert min(circular_distance(chosen, first), circular_distance(chosen, second)) > wider // 2 - LINE_BYTES
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -82,7 +79,7 @@ def test_empty_apart_places_a_large_output_away_from_both_inputs(rng, dtype, fir
         >= PAGE_BYTES // 4 - LINE_BYTES
     out[...] = 1.0  # the whole array is ours to write
     assert out.sum() == out.size
-    assert page_offsets(out.base, first, second) == (page_offset(out.base), first_offset, second_offset)
+    assert out.base.ctypes.data + start_apart(out.base, first, second) == out.ctypes.data
 
 
 def test_empty_apart_leaves_a_small_output_a_plain_array(rng):

@@ -3,6 +3,8 @@ within a page (``fastlayers._memory``); small ones are plain arrays."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -46,23 +48,25 @@ def at_page_offset(shape: tuple[int, ...], dtype, offset: int, rng: np.random.Ge
     return array
 
 
-@pytest.mark.parametrize(("first", "second", "expected"), [
-    (16, 16, 2048),  # one gap, the whole page round from 16: its middle, 2064, down to a line
-    (0, 2048, 1024),  # two equal gaps: the first
-    (4000, 100, 2048),  # the gap from 100 to 4000
-    (3000, 3100, 960),  # the gap from 3100 round to 3000: middle 5098, 1002 within the page, down to a line
+@pytest.mark.parametrize(("offsets", "expected"), [
+    ([16, 16], 2048),  # one gap, the whole page round from 16: its middle, 2064, down to a line
+    ([0, 2048], 1024),  # two equal gaps: the first
+    ([4000, 100], 2048),  # the gap from 100 to 4000
+    ([3000, 3100], 960),  # the gap from 3100 round to 3000: middle 5098, 1002 within the page, down to a line
+    ([0, 1024, 3072], 2048),  # the gap from 1024 to 3072
 ])
-def test_page_offset_apart_takes_the_middle_of_the_wider_gap(first, second, expected):
-    assert page_offset_apart(first, second) == expected
+def test_page_offset_apart_takes_the_middle_of_the_widest_gap(offsets, expected):
+    assert page_offset_apart(np.array(offsets, dtype=np.int64)) == expected
 
 
-@given(st.integers(0, PAGE_BYTES - 1), st.integers(0, PAGE_BYTES - 1))
-def test_page_offset_apart_is_a_line_as_far_from_both_offsets_as_lines_allow(first, second):
-    chosen = page_offset_apart(first, second)
+@given(st.lists(st.integers(0, PAGE_BYTES - 1), min_size=1, max_size=5))
+def test_page_offset_apart_is_a_line_as_far_from_every_offset_as_lines_allow(offsets):
+    chosen = page_offset_apart(np.array(offsets, dtype=np.int64))
     assert 0 <= chosen < PAGE_BYTES and chosen % LINE_BYTES == 0
-    wider = max((first - second) % PAGE_BYTES, (second - first) % PAGE_BYTES)
-    # The middle of the wider gap is wider / 2 from its ends; rounding to a line moves it less than a line.
-    assert min(circular_distance(chosen, first), circular_distance(chosen, second)) > wider // 2 - LINE_BYTES
+    ordered = sorted(offsets)
+    widest = max([b - a for a, b in pairwise(ordered)] + [ordered[0] + PAGE_BYTES - ordered[-1]])
+    # The middle of the widest gap is widest / 2 from its ends; rounding to a line moves it less than a line.
+    assert min(circular_distance(chosen, offset) for offset in offsets) > widest // 2 - LINE_BYTES
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -113,3 +117,28 @@ def test_the_layers_large_fresh_outputs_are_apart_from_their_inputs(rng, dtype):
     np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-5)
     dx, _, _ = fl.batchnorm_backward(dout, cache)
     assert apart(dx, dout, x)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, None])
+def test_empty_like_is_a_placed_c_contiguous_array_like_its_prototype(rng, dtype):
+    x = at_page_offset(LARGE, np.float64, 16, rng)
+    dout = at_page_offset(LARGE, np.float64, 2064, rng)
+    fortran = np.asfortranarray(x[:3, :5])
+    for prototype, apart_from in ((x, None), (x, x), (x, [dout, x]), (fortran, ()), (np.ones(0), None)):
+        out = fl.empty_like(prototype, dtype, apart_from=apart_from)
+        assert out.shape == prototype.shape and out.dtype == (prototype.dtype if dtype is None else dtype)
+        assert out.flags.c_contiguous and out.flags.writeable and page_offset(out) % LINE_BYTES == 0
+        inputs = [prototype] if apart_from is None else [apart_from] if isinstance(apart_from, np.ndarray) \
+            else apart_from
+        # One or two inputs leave a gap of at least half a page.
+        assert all(circular_distance(page_offset(out), page_offset(array)) >= PAGE_BYTES // 4 - LINE_BYTES
+                   for array in inputs)
+
+
+def test_empty_like_says_what_is_wrong_with_its_arguments():
+    with pytest.raises(TypeError, match="empty_like: prototype must be a NumPy array, got list"):
+        fl.empty_like([1.0, 2.0])
+    with pytest.raises(TypeError, match="empty_like: apart_from must be a NumPy array or hold NumPy arrays, got a int"):
+        fl.empty_like(np.ones(3), apart_from=[np.ones(3), 1])
+    with pytest.raises(TypeError, match="empty_like: dtype must hold no Python objects, got object"):
+        fl.empty_like(np.ones(3), object)

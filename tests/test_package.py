@@ -34,7 +34,7 @@ def test_py_typed_marker_is_installed():
     assert importlib.resources.files("fastlayers").joinpath("py.typed").is_file()
 
 
-@pytest.mark.parametrize("module", ["layers", "sandwiches"])
+@pytest.mark.parametrize("module", ["layers", "sandwiches", "_memory"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"fastlayers.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 2 and result.failed == 0

@@ -17,7 +17,8 @@ and the fused sandwiches that networks build from them::
     affine_batchnorm_relu_backward(dout, cache) -> dx, dw, db, dgamma, dbeta
 
 Forward functions take an optional ``out=``, backward ones optional
-gradient arrays (``dx=``, ...), for loops that allocate nothing.
+gradient arrays (``dx=``, ...), for loops that allocate nothing;
+``empty_like`` allocates such arrays where the kernels write fastest.
 
 ``fastlayers.reference`` holds the plain-NumPy originals.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 from . import _threads  # first: picks numba's threading layer before any kernel runs
 from ._threads import get_num_threads, set_num_threads, threading_layer
 from ._cache import BatchNormCache, ReluMask
+from ._memory import empty_like
 from .layers import (
     affine_backward,
     affine_forward,
@@ -58,6 +60,7 @@ __all__ = [
     "affine_batchnorm_relu_backward",
     "BatchNormCache",
     "ReluMask",
+    "empty_like",
     "warmup",
     "threading_layer",
     "set_num_threads",

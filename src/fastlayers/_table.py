@@ -7,7 +7,8 @@ to obtain its cache). Besides the six layers it holds the sandwiches (with
 a third implementation, "composed": fastlayers' single layers called one
 after the other, the baseline the fused sandwiches must beat) and
 ``batchnorm_step``: batch norm's forward and backward in one training step,
-fastlayers writing into preallocated arrays.
+fastlayers writing into arrays preallocated as its README advises
+(``fastlayers.empty_like``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import layers, reference, sandwiches
+from ._memory import empty_like
 
 # Benchmark sizes: (N, D) for ReLU and batch norm, (N, D, M) for affine.
 SIZES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -125,7 +127,7 @@ LAYERS = [
 BATCHNORM_STEP = Layer(
     "batchnorm_step", "nd",
     lambda impl, a: (a["x"], a["gamma"], a["beta"], a["dout"],
-                     {"out": np.empty_like(a["x"]), "dx": np.empty_like(a["x"]),
+                     {"out": empty_like(a["x"]), "dx": empty_like(a["x"], apart_from=(a["dout"], a["x"])),
                       "dgamma": np.empty_like(a["gamma"]), "dbeta": np.empty_like(a["beta"])}))
 
 BY_NAME = {layer.name: layer for layer in [*LAYERS, BATCHNORM_STEP]}

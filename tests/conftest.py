@@ -99,10 +99,10 @@ def cached_dispatchers() -> dict:
     """Every dispatcher of the package with an on-disk cache, by name (each
     twin of a kernel apart). Imported here, not at the top: a test's
     subprocess calls it too, and must import the kernels itself."""
-    from fastlayers import _memory, bench
+    from fastlayers import bench
     from fastlayers._kernels import _twins, affine, batchnorm, relu
 
-    found = {"bench._parallel_copy": bench._parallel_copy, "_memory.start_apart": _memory.start_apart}
+    found = {"bench._parallel_copy": bench._parallel_copy}
     for module in (affine, batchnorm, relu):
         for name, kernel in vars(module).items():
             if isinstance(kernel, _twins.TwinKernel):

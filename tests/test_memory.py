@@ -1,5 +1,5 @@
-"""Fresh large outputs are 64-byte aligned and apart from their inputs
-within a page (``fastlayers._memory``); small ones are plain arrays."""
+"""``fastlayers.empty_like``: arrays for out= that are 64-byte aligned and
+apart from the kernel's inputs within a page (``fastlayers._memory``)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastlayers as fl
-from fastlayers import reference
-from fastlayers._memory import (
-    APART_MIN_BYTES,
-    LINE_BYTES,
-    PAGE_BYTES,
-    empty_apart,
-    page_offset_apart,
-    start_apart,
-)
+from fastlayers._memory import LINE_BYTES, PAGE_BYTES, page_offset_apart
 
-from conftest import DTYPES
+from conftest import DTYPES, bitwise_equal
 
 # Rows of 4096 elements: each row starts at the same page offset, the case
 # where an output at its input's offset is slowest.
@@ -56,67 +48,17 @@ def at_page_offset(shape: tuple[int, ...], dtype, offset: int, rng: np.random.Ge
     ([0, 1024, 3072], 2048),  # the gap from 1024 to 3072
 ])
 def test_page_offset_apart_takes_the_middle_of_the_widest_gap(offsets, expected):
-    assert page_offset_apart(np.array(offsets, dtype=np.int64)) == expected
+    assert page_offset_apart(offsets) == expected
 
 
 @given(st.lists(st.integers(0, PAGE_BYTES - 1), min_size=1, max_size=5))
 def test_page_offset_apart_is_a_line_as_far_from_every_offset_as_lines_allow(offsets):
-    chosen = page_offset_apart(np.array(offsets, dtype=np.int64))
+    chosen = page_offset_apart(offsets)
     assert 0 <= chosen < PAGE_BYTES and chosen % LINE_BYTES == 0
     ordered = sorted(offsets)
     widest = max([b - a for a, b in pairwise(ordered)] + [ordered[0] + PAGE_BYTES - ordered[-1]])
     # The middle of the widest gap is widest / 2 from its ends; rounding to a line moves it less than a line.
     assert min(circular_distance(chosen, offset) for offset in offsets) > widest // 2 - LINE_BYTES
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("first_offset", "second_offset"), [(16, 16), (16, 48), (0, 2048), (2000, 3504)])
-def test_empty_apart_places_a_large_output_away_from_both_inputs(rng, dtype, first_offset, second_offset):
-    first = at_page_offset(LARGE, dtype, first_offset, rng)
-    second = at_page_offset(LARGE, dtype, second_offset, rng)
-    out = empty_apart(LARGE, np.dtype(dtype), first, second)
-    assert out.shape == LARGE and out.dtype == dtype
-    assert out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
-    assert page_offset(out) % LINE_BYTES == 0
-    # Two inputs leave a gap of at least half a page: the output is a quarter page from each, less a line.
-    assert min(circular_distance(page_offset(out), offset) for offset in (first_offset, second_offset)) \
-        >= PAGE_BYTES // 4 - LINE_BYTES
-    out[...] = 1.0  # the whole array is ours to write
-    assert out.sum() == out.size
-    assert out.base.ctypes.data + start_apart(out.base, first, second) == out.ctypes.data
-
-
-def test_empty_apart_leaves_a_small_output_a_plain_array(rng):
-    shape = (4, APART_MIN_BYTES // 8 // 4 - 1)
-    x = rng.standard_normal(shape)
-    out = empty_apart(shape, x.dtype, x, x)
-    assert out.shape == shape and out.flags.owndata
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_the_layers_large_fresh_outputs_are_apart_from_their_inputs(rng, dtype):
-    """Each input at a page offset 16 or 32 bytes before where malloc would
-    likely put the next array (the slow case): every fresh (N, D) output
-    is line-aligned and a quarter page from its inputs, and right."""
-    x = at_page_offset(LARGE, dtype, 16, rng)
-    dout = at_page_offset(LARGE, dtype, 48, rng)
-    gamma, beta = rng.standard_normal(LARGE[1]).astype(dtype), rng.standard_normal(LARGE[1]).astype(dtype)
-
-    def apart(out, *inputs):
-        return page_offset(out) % LINE_BYTES == 0 and all(
-            circular_distance(page_offset(out), page_offset(array)) >= PAGE_BYTES // 4 - LINE_BYTES
-            for array in inputs)
-
-    out, cache = fl.relu_forward(x)
-    assert apart(out, x) and np.array_equal(out, np.where(x < 0, 0, x))
-    dx = fl.relu_backward(dout, cache)
-    assert apart(dx, dout, x) and np.array_equal(dx, dout * (x >= 0))
-    out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
-    assert apart(out, x)
-    expected, _ = reference.batchnorm_forward(x, gamma, beta, {"mode": "train"})
-    np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == "float32" else 1e-10, atol=1e-5)
-    dx, _, _ = fl.batchnorm_backward(dout, cache)
-    assert apart(dx, dout, x)
 
 
 @pytest.mark.parametrize("dtype", [*DTYPES, None])
@@ -133,6 +75,20 @@ def test_empty_like_is_a_placed_c_contiguous_array_like_its_prototype(rng, dtype
         # One or two inputs leave a gap of at least half a page.
         assert all(circular_distance(page_offset(out), page_offset(array)) >= PAGE_BYTES // 4 - LINE_BYTES
                    for array in inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_like_arrays_serve_as_out_with_the_same_bits(rng, dtype):
+    x = at_page_offset(LARGE, dtype, 16, rng)
+    dout = at_page_offset(LARGE, dtype, 48, rng)
+    gamma, beta = rng.standard_normal(LARGE[1]).astype(dtype), rng.standard_normal(LARGE[1]).astype(dtype)
+    expected, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    out, _ = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=fl.empty_like(x))
+    assert bitwise_equal(out, expected)
+    dx = fl.batchnorm_backward(dout, cache, dx=fl.empty_like(x, apart_from=(dout, x)))[0]
+    assert bitwise_equal(dx, fl.batchnorm_backward(dout, cache)[0])
+    out, _ = fl.relu_forward(x, out=fl.empty_like(x))
+    assert bitwise_equal(out, fl.relu_forward(x)[0])
 
 
 def test_empty_like_says_what_is_wrong_with_its_arguments():

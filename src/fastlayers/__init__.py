@@ -163,7 +163,6 @@ def _prepare(job: str) -> None:
     the kernels forced onto that path."""
     import numpy as np
 
-    from . import _memory
     from ._distributed import SingleProcessComm
     from ._kernels import _twins
 
@@ -198,4 +197,3 @@ def _prepare(job: str) -> None:
         batchnorm_backward(out, cache)
         out, cache = affine_batchnorm_relu_forward(x, wide_w, wide[0], wide[0], wide[0], {"mode": "train"})
         affine_batchnorm_relu_backward(out, cache)
-    _memory.prepare_lookups(dtype)  # used from APART_MIN_BYTES on, larger than anything above

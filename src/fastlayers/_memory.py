@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ._validation import data_address
+
 PAGE_BYTES = 4096
 LINE_BYTES = 64
 
@@ -46,10 +48,6 @@ def page_offset_apart(offsets: Sequence[int]) -> int:
         if following - offset > widest:
             widest, start = following - offset, offset
     return (start + widest // 2) // LINE_BYTES * LINE_BYTES % PAGE_BYTES
-
-
-def _address(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
 
 
 def empty_like(prototype: np.ndarray, dtype: DTypeLike = None, *,
@@ -91,5 +89,5 @@ def empty_like(prototype: np.ndarray, dtype: DTypeLike = None, *,
     if dtype.hasobject:  # a raw buffer is no place for object references
         raise TypeError(f"{func}: dtype must hold no Python objects, got {dtype}")
     buffer = np.empty(prototype.size * dtype.itemsize + PAGE_BYTES, np.uint8)
-    target = page_offset_apart([_address(array) % PAGE_BYTES for array in inputs]) if inputs else 0
-    return np.ndarray(prototype.shape, dtype, buffer, (target - _address(buffer)) % PAGE_BYTES)
+    target = page_offset_apart([data_address(array) % PAGE_BYTES for array in inputs]) if inputs else 0
+    return np.ndarray(prototype.shape, dtype, buffer, (target - data_address(buffer)) % PAGE_BYTES)

@@ -115,9 +115,14 @@ def check_output(out: Any, shape: tuple[int, ...], dtype: np.dtype, func: str, n
     return out
 
 
+def data_address(array: np.ndarray) -> int:
+    """The address of ``array``'s first element."""
+    return array.__array_interface__["data"][0]
+
+
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether a and b are the same elements in the same order (one array, two names)."""
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return (data_address(a) == data_address(b)
             and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 

@@ -7,8 +7,10 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import numba
+import numpy as np
 import pytest
 
 from fastlayers.__main__ import main
@@ -80,6 +82,44 @@ def test_ratios_against_torch_and_the_floor_use_the_time_alone():
               torch_s=1.5e-3, bytes_moved=16_777_216, floor_s=0.8e-3, alone_s=1e-3)
     cells = bench_table([row], has_torch=True).splitlines()[2].split()
     assert cells[3:14] == ["2.00", "ms", "8.00", "ms", "4.0x", "1.00", "ms", "1.50", "ms", "1.50x", "80%"]
+
+
+@pytest.mark.parametrize(("name", "forward", "forwards"), [
+    ("affine_backward", "addmm", 1), ("relu_backward", "relu", 1), ("batchnorm_backward", "batch_norm", 1),
+    ("batchnorm_step", "batch_norm", 2)])
+def test_torch_backward_calls_run_no_torch_work_until_called(monkeypatch, name, forward, forwards):
+    # Building the call runs no PyTorch: its OpenMP threads would spin on
+    # through the block timed next, fastlayers' alone. The first (untimed)
+    # call clones the leaves; a backward's graph is built once, a training
+    # step's forward in every call. A stand-in torch records the work.
+    from fastlayers.bench import _torch_calls
+
+    work: list[str] = []
+
+    class Tensor:
+        def clone(self):
+            work.append("clone")
+            return Tensor()
+
+        def requires_grad_(self, flag):
+            return self
+
+    def op(op_name):
+        return lambda *args, **kwargs: work.append(op_name) or Tensor()
+
+    torch = types.SimpleNamespace(
+        from_numpy=lambda array: Tensor(), relu=op("relu"), addmm=op("addmm"),
+        nn=types.SimpleNamespace(functional=types.SimpleNamespace(batch_norm=op("batch_norm"))),
+        autograd=types.SimpleNamespace(grad=lambda out, by, **kwargs: work.append("grad") or tuple(by)))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    layer = BY_NAME[name]
+    call = _torch_calls(layer, layer.inputs(np.random.default_rng(0), "small", "float64"))
+    assert work == []
+    call()
+    clones = work.count("clone")
+    assert clones > 0 and work.count(forward) == 1 and work.count("grad") == 1
+    call()
+    assert work.count("clone") == clones and work.count(forward) == forwards and work.count("grad") == 2
 
 
 @pytest.mark.parametrize("argv", [["bench", "--size", "huge"], ["bench", "--repeat", "0"], ["train", "--epochs", "0"],

@@ -183,25 +183,41 @@ def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], An
         return lambda: functional.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True)
     if name not in ("affine_backward", "relu_backward", "batchnorm_backward", "batchnorm_step"):
         return None
-    # Backward: autograd through the forward graph, kept for reuse.
-    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"}
-    if name == "affine_backward":
-        out = torch.addmm(leaves["b"], leaves["x"], leaves["w"])
-        inputs_ = [leaves["x"], leaves["w"], leaves["b"]]
-    elif name == "relu_backward":
-        out = torch.relu(leaves["x"])
-        inputs_ = [leaves["x"]]
-    elif name == "batchnorm_backward":
-        out = functional.batch_norm(leaves["x"], None, None, leaves["gamma"], leaves["beta"], training=True)
-        inputs_ = [leaves["x"], leaves["gamma"], leaves["beta"]]
-    else:  # batchnorm_step: a training step builds the graph anew, then differentiates it
+    # Backward: autograd through the forward graph. The leaves are cloned and
+    # the graph built in the first call, which _alternate never times, not
+    # here: PyTorch's OpenMP threads spin on after its work and shared the
+    # cores with whatever was timed next, fastlayers' block alone (256x4096
+    # float32 batchnorm_backward alone: 576 us after the graph was built
+    # here, 322-339 us without; BENCHMARKS.md, session 26).
+    leaves: dict[str, Any] = {}
 
-        def step():
-            out = functional.batch_norm(leaves["x"], None, None, leaves["gamma"], leaves["beta"], training=True)
-            return torch.autograd.grad(out, [leaves["x"], leaves["gamma"], leaves["beta"]], grad_outputs=t["dout"])
+    def forward() -> tuple[Any, list[Any]]:
+        """The layer's forward on leaves that need gradients: (output, the leaves to differentiate by)."""
+        if not leaves:
+            leaves.update({k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"})
+        x = leaves["x"]
+        if name == "affine_backward":
+            return torch.addmm(leaves["b"], x, leaves["w"]), [x, leaves["w"], leaves["b"]]
+        if name == "relu_backward":
+            return torch.relu(x), [x]
+        return (functional.batch_norm(x, None, None, leaves["gamma"], leaves["beta"], training=True),
+                [x, leaves["gamma"], leaves["beta"]])
+
+    if name == "batchnorm_step":  # a training step builds the graph anew, then differentiates it
+
+        def step() -> Any:
+            out, by = forward()
+            return torch.autograd.grad(out, by, grad_outputs=t["dout"])
 
         return step
-    return lambda: torch.autograd.grad(out, inputs_, grad_outputs=t["dout"], retain_graph=True)
+    graph: list[Any] = []  # (output, leaves), kept for reuse
+
+    def backward() -> Any:
+        if not graph:
+            graph.extend(forward())
+        return torch.autograd.grad(graph[0], graph[1], grad_outputs=t["dout"], retain_graph=True)
+
+    return backward
 
 
 def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 21) -> tuple[float, float]:

@@ -63,7 +63,7 @@ def measure(threads: list[int], shape: tuple[int, int], dtypes: list[str], repea
             calls = {name: _bound(layer.function("fastlayers"), layer.call_args("fastlayers", inputs[name]))
                      for name, layer in layers.items()}
             torch_calls: dict[str, Callable[[], Any]] = {}
-            if torch is not None:  # once per dtype, not per thread count: each backward call clones the inputs
+            if torch is not None:  # once per dtype, not per thread count: a backward's first call clones the inputs
                 for name, layer in layers.items():
                     call = _torch_calls(layer, inputs[name])
                     if call is not None:

@@ -72,7 +72,7 @@ def test_empty_like_is_a_placed_c_contiguous_array_like_its_prototype(rng, dtype
         assert out.flags.c_contiguous and out.flags.writeable and page_offset(out) % LINE_BYTES == 0
         inputs = [prototype] if apart_from is None else [apart_from] if isinstance(apart_from, np.ndarray) \
             else apart_from
-        # One or two inputs leave a gap of at least half a page.
+        # One or two inputs leave a gap of at least half a page: its middle is a quarter page from each.
         assert all(circular_distance(page_offset(out), page_offset(array)) >= PAGE_BYTES // 4 - LINE_BYTES
                    for array in inputs)
 

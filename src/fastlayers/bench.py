@@ -19,6 +19,7 @@ products'. Compile time is measured on its own, in fresh processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -189,35 +190,26 @@ def _torch_calls(layer: Layer, inputs: dict[str, np.ndarray]) -> Callable[[], An
     # cores with whatever was timed next, fastlayers' block alone (256x4096
     # float32 batchnorm_backward alone: 576 us after the graph was built
     # here, 322-339 us without; BENCHMARKS.md, session 26).
-    leaves: dict[str, Any] = {}
+    @functools.cache
+    def leaves() -> dict[str, Any]:
+        """The inputs as leaves that need gradients, cloned once."""
+        return {k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"}
 
     def forward() -> tuple[Any, list[Any]]:
-        """The layer's forward on leaves that need gradients: (output, the leaves to differentiate by)."""
-        if not leaves:
-            leaves.update({k: v.clone().requires_grad_(True) for k, v in t.items() if k != "dout"})
-        x = leaves["x"]
+        """The layer's forward on the leaves: (output, the leaves to differentiate by)."""
+        leaf = leaves()
+        x = leaf["x"]
         if name == "affine_backward":
-            return torch.addmm(leaves["b"], x, leaves["w"]), [x, leaves["w"], leaves["b"]]
+            return torch.addmm(leaf["b"], x, leaf["w"]), [x, leaf["w"], leaf["b"]]
         if name == "relu_backward":
             return torch.relu(x), [x]
-        return (functional.batch_norm(x, None, None, leaves["gamma"], leaves["beta"], training=True),
-                [x, leaves["gamma"], leaves["beta"]])
+        return (functional.batch_norm(x, None, None, leaf["gamma"], leaf["beta"], training=True),
+                [x, leaf["gamma"], leaf["beta"]])
 
     if name == "batchnorm_step":  # a training step builds the graph anew, then differentiates it
-
-        def step() -> Any:
-            out, by = forward()
-            return torch.autograd.grad(out, by, grad_outputs=t["dout"])
-
-        return step
-    graph: list[Any] = []  # (output, leaves), kept for reuse
-
-    def backward() -> Any:
-        if not graph:
-            graph.extend(forward())
-        return torch.autograd.grad(graph[0], graph[1], grad_outputs=t["dout"], retain_graph=True)
-
-    return backward
+        return lambda: torch.autograd.grad(*forward(), grad_outputs=t["dout"])
+    graph = functools.cache(forward)  # a backward's graph: built once, kept for reuse
+    return lambda: torch.autograd.grad(*graph(), grad_outputs=t["dout"], retain_graph=True)
 
 
 def measure_ceilings(shape: tuple[int, ...], dtype: str, repeats: int = 21) -> tuple[float, float]:

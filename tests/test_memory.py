@@ -98,3 +98,22 @@ def test_empty_like_says_what_is_wrong_with_its_arguments():
         fl.empty_like(np.ones(3), apart_from=[np.ones(3), 1])
     with pytest.raises(TypeError, match="empty_like: dtype must hold no Python objects, got object"):
         fl.empty_like(np.ones(3), object)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [LARGE, (37, 2053)])
+def test_outputs_anywhere_within_a_line_get_the_same_bits(path, rng, dtype, shape):
+    # The normalise and the dx pass split their column ranges where the
+    # output's row starts a cache line (_twins.aligned_column); rows of 2053
+    # elements start at every offset within a line. No bit may depend on it.
+    dtype = np.dtype(dtype)
+    x = at_page_offset(shape, dtype, 16, rng)
+    dout = at_page_offset(shape, dtype, 2064, rng)
+    gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    expected, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    expected_dx = fl.batchnorm_backward(dout, cache)[0]
+    for offset in range(1024, 1024 + LINE_BYTES, dtype.itemsize):
+        out = at_page_offset(shape, dtype, offset, rng)
+        assert bitwise_equal(fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=out)[0], expected)
+        dx = at_page_offset(shape, dtype, offset, rng)
+        assert bitwise_equal(fl.batchnorm_backward(dout, cache, dx=dx)[0], expected_dx)

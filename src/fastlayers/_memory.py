@@ -30,10 +30,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ._kernels._twins import LINE_BYTES
 from ._validation import data_address
 
 PAGE_BYTES = 4096
-LINE_BYTES = 64
 
 
 def page_offset_apart(offsets: Sequence[int]) -> int:

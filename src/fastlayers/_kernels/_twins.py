@@ -404,6 +404,40 @@ def sum_parts(partials, totals, start: int, stop: int) -> None:
 SERIAL_MERGE_MAX = 1 << 16
 
 
+# Cache-line aligned vector loops. NumPy's arrays are 16-byte aligned
+# (malloc's; large ones 16 bytes past a page boundary), and LLVM's
+# vectorised loops start where the loop starts, without peeling for
+# alignment: in a row that starts off a 64-byte line, every 64-byte vector
+# straddles two lines. The passes that write an (N, D) output in four-row
+# sweeps (the normalise, the backward's dx) therefore run each column
+# range as a head, up to the column where the output's first row starts a
+# line, and then the rest. Each element is computed by the same expression
+# either way: the same bits. Measured (session 28, 256x4096, 2 threads,
+# medians of 7 alternating blocks of 21, us, before / after):
+# - batchnorm_forward into out=, (x, out) at page offsets: float32
+#   (16, 16) 376/307, (688, 688) 364/302, (688, 656) 322/295, (16, 2064)
+#   343/322, out on a line (688, 640) 285/284; float64 437/389, 459/403,
+#   378/365, 375/351, 325/325;
+# - batchnorm_backward into dx=, x at 0 and dout at 1024: float64, dx at
+#   2064 776/723, 2080 766/694, 2096 653/626, on a line (2048) 637/625;
+#   float32 within 1%;
+# - 4096x4096, bound by memory: both calls within 4% either way.
+# Not done elsewhere (BENCHMARKS.md, session 28): the statistics split at
+# x's line lost 2-5%; the ReLU forward, one run a thread from out's line,
+# gained 5-10% at 256x4096 but lost 8-14% at 4096x4096, where memory
+# bounds it, with x and out both off a line; the ReLU backward, within 2%.
+LINE_BYTES = 64
+
+
+@numba.njit(inline="always")
+def elements_before_line(a, start: int, count: int) -> int:
+    """How many of the ``count`` elements of the C-contiguous array ``a``
+    from flat index ``start`` on come before the first that starts a cache
+    line (``count`` if none does)."""
+    address = np.intp(a.ctypes.data) + start * a.itemsize
+    return min(count, (-address) % LINE_BYTES // a.itemsize)
+
+
 @numba.njit(inline="always")
 def merge_in_parallel(n_parts: int, n_features: int) -> bool:
     """Whether a merge of n_parts x n_features partials pays for a parallel loop."""

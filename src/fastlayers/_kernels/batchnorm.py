@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from ._disk_cache import cached_njit
 from ._twins import (
+    elements_before_line,
     column_chunk,
     merge_in_parallel,
     n_column_chunks,
@@ -347,6 +348,16 @@ def _relu_after_overload(value, relu_like):
 
 @numba.njit(error_model="numpy")
 def _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, first, last):
+    """out's rows [start, stop) over the columns [first, last): up to the
+    column where out's row ``start`` starts a cache line, then the rest
+    (see "Cache-line aligned vector loops" in _twins.py)."""
+    split = first + elements_before_line(out, start * out.shape[1] + first, last - first)
+    for range_first, range_last in ((first, split), (split, last)):
+        _normalize_range(x, center, scale, shift, relu_like, out, start, stop, range_first, range_last)
+
+
+@numba.njit(error_model="numpy")
+def _normalize_range(x, center, scale, shift, relu_like, out, start, stop, first, last):
     """out's rows [start, stop) over the columns [first, last), four rows per
     sweep; rows are slices of the range, walked from 0 (see "Column ranges"
     in _twins.py)."""
@@ -619,15 +630,23 @@ def _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, d
                    first, last):
     """``_write_dx_rows`` over row part ``part`` (rows [start, stop)) and the
     columns [first, last); with dx's column sums when ``part_sums`` has a
-    row a part, into that part's row, zeroed first."""
+    row a part, into that part's row, zeroed first. Rows wide enough for
+    four-row sweeps are written up to the column where dx's row ``start``
+    starts a cache line, then the rest (see "Cache-line aligned vector
+    loops" in _twins.py)."""
+    split = first
+    if dx.shape[1] >= SWEEP_MIN_FEATURES:
+        split += elements_before_line(dx, start * dx.shape[1] + first, last - first)
     if part_sums.shape[0] > 0:
         task_sums = part_sums[part, first:last]
         task_sums[:] = 0.0
-        _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, task_sums, start, stop,
-                       first, last)
+        for range_first, range_last in ((first, split), (split, last)):
+            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx,
+                           task_sums[range_first - first:range_last - first], start, stop, range_first, range_last)
     else:
-        _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop, first,
-                       last)
+        for range_first, range_last in ((first, split), (split, last)):
+            _write_dx_rows(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, None, start, stop,
+                           range_first, range_last)
 
 
 @numba.njit(error_model="numpy")

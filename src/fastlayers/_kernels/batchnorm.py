@@ -18,8 +18,8 @@ from numba.extending import overload
 
 from ._disk_cache import cached_njit
 from ._twins import (
-    elements_before_line,
     column_chunk,
+    elements_before_line,
     merge_in_parallel,
     n_column_chunks,
     n_row_parts,

@@ -421,11 +421,12 @@ SERIAL_MERGE_MAX = 1 << 16
 # - batchnorm_backward into dx=, x at 0 and dout at 1024: float64, dx at
 #   2064 776/723, 2080 766/694, 2096 653/626, on a line (2048) 637/625;
 #   float32 within 1%;
-# - 4096x4096, bound by memory: both calls within 4% either way.
+# - 4096x4096, bound by memory: within 4% either way, one call 10% faster.
 # Not done elsewhere (BENCHMARKS.md, session 28): the statistics split at
 # x's line lost 2-5%; the ReLU forward, one run a thread from out's line,
 # gained 5-10% at 256x4096 but lost 8-14% at 4096x4096, where memory
-# bounds it, with x and out both off a line; the ReLU backward, within 2%.
+# bounds it, with x and out both off a line; the ReLU backward, from 2%
+# slower to 6% faster.
 LINE_BYTES = 64
 
 

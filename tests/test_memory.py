@@ -104,8 +104,9 @@ def test_empty_like_says_what_is_wrong_with_its_arguments():
 @pytest.mark.parametrize("shape", [LARGE, (37, 2053)])
 def test_outputs_anywhere_within_a_line_get_the_same_bits(path, rng, dtype, shape):
     # The normalise and the dx pass split their column ranges where the
-    # output's row starts a cache line (_twins.aligned_column); rows of 2053
-    # elements start at every offset within a line. No bit may depend on it.
+    # output's row starts a cache line (_twins.elements_before_line); rows
+    # of 2053 elements start at every offset within a line. No bit may
+    # depend on where the split falls.
     dtype = np.dtype(dtype)
     x = at_page_offset(shape, dtype, 16, rng)
     dout = at_page_offset(shape, dtype, 2064, rng)

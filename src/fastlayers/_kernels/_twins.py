@@ -413,7 +413,8 @@ SERIAL_MERGE_MAX = 1 << 16
 # range as a head, up to the column where the output's first row starts a
 # line, and then the rest. Each element is computed by the same expression
 # either way: the same bits. Measured (session 28, 256x4096, 2 threads,
-# medians of 7 alternating blocks of 21, us, before / after):
+# medians of 7 (forward) or 9 (backward) alternating blocks of 21, us,
+# before / after):
 # - batchnorm_forward into out=, (x, out) at page offsets: float32
 #   (16, 16) 376/307, (688, 688) 364/302, (688, 656) 322/295, (16, 2064)
 #   343/322, out on a line (688, 640) 285/284; float64 437/389, 459/403,

@@ -81,19 +81,19 @@ def _cases(x, dout, parts):
     def backward(sums_, reduce, apply, n_parts, n_splits=None):
         n_splits = n_column_splits(n_parts, d) if n_splits is None else n_splits
         return lambda: _batchnorm_backward.parallel(dout, x, mean, var, gamma, beta, 1e-5, None, n, sums_, reduce,
-                                                    apply, n_parts, n_splits, dx, dgamma, dbeta, no_sums)
+                                                    apply, n_parts, n_splits, dx, dgamma, dbeta, no_sums, False)
 
     launch_out = np.empty(16)
     calls = {
         "copy": lambda: _parallel_copy(flat_x, reused.reshape(-1)),
         "launch": lambda: launch_only(launch_out),
-        "relu_forward": lambda: _relu_forward.parallel(flat_x, flat_out, no_mask),
-        "relu_backward": lambda: _relu_backward.parallel(flat_dout, flat_x, flat_dx),
+        "relu_forward": lambda: _relu_forward.parallel(flat_x, flat_out, no_mask, False),
+        "relu_backward": lambda: _relu_backward.parallel(flat_dout, flat_x, flat_dx, False),
         "stats": lambda: _batchnorm_stats.parallel(x, parts, splits, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
                                                    np.empty(0), np.empty(0)),
         "stats_64parts": lambda: _batchnorm_stats.parallel(x, 64, 1, s_mean, s_var, 0.9, np.zeros(d), np.ones(d),
                                                            np.empty(0), np.empty(0)),
-        "normalize": lambda: _batchnorm_normalize.parallel(x, mean, var, gamma, beta, 1e-5, None, out),
+        "normalize": lambda: _batchnorm_normalize.parallel(x, mean, var, gamma, beta, 1e-5, None, out, False),
         "reduce": backward(s_sums, True, False, parts),
         "reduce_64parts": backward(s_sums, True, False, 64),
         "dx": backward(sums, False, True, parts),

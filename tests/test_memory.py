@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastlayers as fl
+from fastlayers._kernels._twins import WALK_BACK_MIN_BYTES
 from fastlayers._memory import LINE_BYTES, PAGE_BYTES, page_offset_apart
 
 from conftest import DTYPES, bitwise_equal
@@ -118,3 +119,25 @@ def test_outputs_anywhere_within_a_line_get_the_same_bits(path, rng, dtype, shap
         assert bitwise_equal(fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=out)[0], expected)
         dx = at_page_offset(shape, dtype, offset, rng)
         assert bitwise_equal(fl.batchnorm_backward(dout, cache, dx=dx)[0], expected_dx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [4096, 500])
+def test_fresh_outputs_written_from_their_end_get_the_same_bits(path, rng, dtype, width):
+    # Outputs the layers allocate, of WALK_BACK_MIN_BYTES or more, are
+    # written block by block from their end; out= and dx= arrays front to
+    # back ("Fresh outputs written from their end" in _twins.py). Rows of
+    # 4096 take the normalise's and the dx pass's sweeps, rows of 500 their
+    # row-by-row loops; three rows past the size leave a part-filled block.
+    dtype = np.dtype(dtype)
+    rows = -(-WALK_BACK_MIN_BYTES // (width * dtype.itemsize)) + 3
+    x = rng.standard_normal((rows, width)).astype(dtype)
+    dout = rng.standard_normal((rows, width)).astype(dtype)
+    gamma, beta = rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+    into = np.empty_like(x)
+    assert bitwise_equal(fl.relu_forward(x)[0], fl.relu_forward(x, out=into)[0])
+    assert bitwise_equal(fl.relu_backward(dout, x), fl.relu_backward(dout, x, dx=into))
+    out, cache = fl.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    assert bitwise_equal(out, fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=into)[0])
+    dx = fl.batchnorm_backward(dout, cache)[0]
+    assert bitwise_equal(dx, fl.batchnorm_backward(dout, cache, dx=into)[0])

@@ -64,7 +64,7 @@ def threading_layer() -> str:
         import numpy as np
 
         probe = np.zeros(1)
-        _relu_forward.parallel(probe, probe.copy(), np.empty(0, np.bool_))
+        _relu_forward.parallel(probe, probe.copy(), np.empty(0, np.bool_), False)
         return numba.threading_layer()
 
 

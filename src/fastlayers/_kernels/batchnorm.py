@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from ._disk_cache import cached_njit
 from ._twins import (
+    block_from_end,
     column_chunk,
     elements_before_line,
     merge_in_parallel,
@@ -28,6 +29,8 @@ from ._twins import (
     sum_parts_chunk,
     task_bounds,
     twin,
+    walk_block_rows,
+    walks_back,
 )
 from .relu import passes, relu_value
 
@@ -379,8 +382,16 @@ def _normalize_range(x, center, scale, shift, relu_like, out, start, stop, first
             out_row[j] = relu_after(_normalized(x_row[j], center[j], scale[j], shift[j], out), relu_like)
 
 
+@numba.njit(inline="always")
+def _normalize_each_row(x, center, scale, shift, relu_like, out, start, stop):
+    """out's rows [start, stop), one after the other (rows too narrow for sweeps)."""
+    for i in range(start, stop):
+        for j in range(x.shape[1]):
+            out[i, j] = relu_after(_normalized(x[i, j], center[j], scale[j], shift[j], out), relu_like)
+
+
 @twin(NORMALIZE_THRESHOLD)
-def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
+def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out, fresh):
     """out[i, j] = (x[i, j] - center[j]) * gamma[j] / sqrt(var[j] + eps) + beta[j],
     followed by a ReLU when ``relu_like`` is an array (see ``relu_after``).
 
@@ -388,20 +399,31 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out):
     are loaded once per four rows (measured, 256x4096 serial, us, row by
     row / four rows: float32 288/191, float64 620/381). The per-feature
     scale is computed here (O(D), float64) so that the Python layer makes
-    no NumPy calls of its own for it.
+    no NumPy calls of its own for it. ``fresh``: out was just allocated
+    (see "Fresh outputs written from their end" in _twins.py).
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps)
     shift = beta.astype(np.float64)  # converted once here rather than per element: the same bits
-    if n_features < SWEEP_MIN_FEATURES:  # the coefficients stay in L1: row by row
+    sweeps = n_features >= SWEEP_MIN_FEATURES
+    if fresh and walks_back(out):  # see "Fresh outputs written from their end" in _twins.py
+        block_rows = walk_block_rows(out, n_features)
+        n_blocks = (n_rows + block_rows - 1) // block_rows
+        for task in prange(n_blocks):
+            start, stop = block_from_end(task, n_blocks, block_rows, n_rows)
+            if sweeps:
+                _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, 0, n_features)
+            else:
+                _normalize_each_row(x, center, scale, shift, relu_like, out, start, stop)
+    elif sweeps:
+        task_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
+        for task in prange((n_rows + task_rows - 1) // task_rows):
+            start = task * task_rows
+            _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows), 0,
+                            n_features)
+    else:  # the coefficients stay in L1: row by row
         for i in prange(n_rows):
-            for j in range(n_features):
-                out[i, j] = relu_after(_normalized(x[i, j], center[j], scale[j], shift[j], out), relu_like)
-        return
-    task_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
-    for task in prange((n_rows + task_rows - 1) // task_rows):
-        start = task * task_rows
-        _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows), 0, n_features)
+            _normalize_each_row(x, center, scale, shift, relu_like, out, i, i + 1)
 
 
 @twin(TRAIN_STRIPES_THRESHOLD)
@@ -457,7 +479,7 @@ def batchnorm_relu_train_plain(x, gamma, beta, eps, momentum, running_mean, runn
     rather than in Python."""
     _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), 1, mean, var, momentum, running_mean, running_var,
                             new_running_mean, new_running_var)
-    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, relu_like, out)
+    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, relu_like, out, False)
 
 
 @cached_njit(error_model="numpy")
@@ -470,7 +492,7 @@ def batchnorm_train_plain(x, gamma, beta, eps, momentum, running_mean, running_v
     3.0 s for the backward's entries)."""
     _batchnorm_stats_serial(x, n_row_parts(x.shape[0]), 1, mean, var, momentum, running_mean, running_var,
                             new_running_mean, new_running_var)
-    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, None, out)
+    _batchnorm_normalize_serial(x, mean, var, gamma, beta, eps, None, out, False)
 
 
 def relu_coefficients(scale, beta, j, relu_like):
@@ -670,7 +692,7 @@ def _gradient_coefficients(sums, var, gamma, eps, n_total, dgamma, dbeta, gain, 
 
 @twin(BACKWARD_THRESHOLD)
 def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, reduce, apply, n_parts,
-                        n_splits, dx, dgamma, dbeta, dx_column_sums):
+                        n_splits, dx, dgamma, dbeta, dx_column_sums, fresh):
     """dx, dgamma, dbeta of the train-mode forward over a batch of ``n_total``
     rows, in two passes over (N, D).
 
@@ -687,7 +709,8 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     gradient of an affine layer below), by the same parts as
     ``affine_backward``'s db. One process passes both flags: one call.
     Both passes run over n_parts row parts x n_splits column ranges, as
-    ``_batchnorm_stats``.
+    ``_batchnorm_stats``. ``fresh``: dx was just allocated (see "Fresh
+    outputs written from their end" in _twins.py).
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
@@ -715,10 +738,23 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     _gradient_coefficients(sums, var, gamma, eps, n_total, dgamma, dbeta, gain, offset, slope, 0, n_features)
     summing = dx_column_sums.size > 0
     part_sums = np.empty((n_parts if summing else 0, n_features))
-    for task in prange(n_parts * n_splits):
-        part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
-        _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start, stop,
-                       first, last)
+    # A fresh dx from its end ("Fresh outputs written from their end", _twins.py): the tasks in reverse, each
+    # part's rows in blocks from its end. Not with column sums, which add each part's rows in row order.
+    if fresh and not summing and walks_back(dx):
+        n_tasks = n_parts * n_splits
+        for task in prange(n_tasks):
+            part, start, stop, first, last = task_bounds(n_tasks - 1 - task, n_splits, n_rows, n_parts, n_features)
+            block_rows = walk_block_rows(dx, last - first)
+            n_blocks = (stop - start + block_rows - 1) // block_rows
+            for block in range(n_blocks):
+                block_start, block_stop = block_from_end(block, n_blocks, block_rows, stop - start)
+                _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part,
+                               start + block_start, start + block_stop, first, last)
+    else:
+        for task in prange(n_parts * n_splits):
+            part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
+            _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start,
+                           stop, first, last)
     if summing:
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):
@@ -775,7 +811,7 @@ def batchnorm_gradients_plain(dout, x, mean, var, gamma, beta, eps, n_total, rel
     dout and x: 13 arguments instead of 17 (see ``batchnorm_relu_train_plain``)."""
     sums = np.empty((2, x.shape[1]))
     _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, relu_like, n_total, sums, True, True,
-                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, dx_column_sums)
+                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, dx_column_sums, False)
 
 
 @cached_njit(error_model="numpy")
@@ -784,4 +820,4 @@ def batchnorm_backward_plain(dout, x, mean, var, gamma, beta, eps, n_total, dx, 
     arguments (it calls the twin itself, as ``batchnorm_train_plain`` does)."""
     sums = np.empty((2, x.shape[1]))
     _batchnorm_backward_serial(dout, x, mean, var, gamma, beta, eps, None, n_total, sums, True, True,
-                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, np.empty(0))
+                               n_row_parts(x.shape[0]), 1, dx, dgamma, dbeta, np.empty(0), False)

@@ -16,7 +16,7 @@ from numba import prange, types
 from numba.extending import overload, register_jitable
 
 from ._disk_cache import cached_njit
-from ._twins import twin
+from ._twins import block_from_end, flat_blocks, twin, walks_back
 
 # Where the parallel twins start to win, in bytes of x (dout for the
 # backward): the passes are bound by memory, and float32 and float64 cross
@@ -56,11 +56,37 @@ def relu_value(value, zero):
     return zero if value < zero else value
 
 
+@register_jitable
+def _relu_forward_span(x, out, mask, zero):
+    if mask.size == 0:
+        for i in range(x.size):
+            out[i] = relu_value(x[i], zero)
+    else:
+        for i in range(x.size):
+            value = x[i]
+            mask[i] = value >= zero
+            out[i] = relu_value(value, zero)
+
+
+@register_jitable
+def _relu_backward_span(dout, kept, dx, one, zero):
+    for i in range(dout.size):
+        dx[i] = dout[i] * (one if passes(kept[i]) else zero)
+
+
 @twin(RELU_FORWARD_THRESHOLD, unit="bytes")
-def _relu_forward(x, out, mask):
+def _relu_forward(x, out, mask, fresh):
     """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
-    not empty (the cache of an in-place forward, whose x is overwritten)."""
+    not empty (the cache of an in-place forward, whose x is overwritten).
+    ``fresh``: out was just allocated (see "Fresh outputs written from their
+    end" in _twins.py)."""
     zero = out.dtype.type(0)
+    if fresh and walks_back(out):
+        n_blocks, block = flat_blocks(out)
+        for task in prange(n_blocks):
+            start, stop = block_from_end(task, n_blocks, block, out.size)
+            _relu_forward_span(x[start:stop], out[start:stop], mask[start:stop], zero)
+        return
     if mask.size == 0:
         for i in prange(x.size):
             out[i] = relu_value(x[i], zero)
@@ -72,10 +98,17 @@ def _relu_forward(x, out, mask):
 
 
 @twin(RELU_BACKWARD_THRESHOLD, unit="bytes")
-def _relu_backward(dout, kept, dx):
-    """dx = dout * passes(kept): kept is the forward's x, or its boolean mask."""
+def _relu_backward(dout, kept, dx, fresh):
+    """dx = dout * passes(kept): kept is the forward's x, or its boolean mask;
+    ``fresh`` as for ``_relu_forward``."""
     one = dx.dtype.type(1)
     zero = dx.dtype.type(0)
+    if fresh and walks_back(dx):
+        n_blocks, block = flat_blocks(dx)
+        for task in prange(n_blocks):
+            start, stop = block_from_end(task, n_blocks, block, dx.size)
+            _relu_backward_span(dout[start:stop], kept[start:stop], dx[start:stop], one, zero)
+        return
     for i in prange(dout.size):
         dx[i] = dout[i] * (one if passes(kept[i]) else zero)
 
@@ -101,4 +134,4 @@ def relu_backward_plain(dout, kept, dx):
     """``_relu_backward``'s serial twin for C-contiguous arrays of one shape
     (any number of dimensions), the flat views taken here rather than in
     Python."""
-    _relu_backward_serial(dout.reshape(-1), kept.reshape(-1), dx.reshape(-1))
+    _relu_backward_serial(dout.reshape(-1), kept.reshape(-1), dx.reshape(-1), False)

@@ -18,7 +18,8 @@ from numba.extending import overload
 
 from ._disk_cache import cached_njit
 from ._twins import (
-    block_from_end,
+    block_bounds,
+    block_index,
     column_chunk,
     elements_before_line,
     merge_in_parallel,
@@ -406,24 +407,20 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out, fresh
     scale = _scales(gamma, var, eps)
     shift = beta.astype(np.float64)  # converted once here rather than per element: the same bits
     sweeps = n_features >= SWEEP_MIN_FEATURES
-    if fresh and walks_back(out):  # see "Fresh outputs written from their end" in _twins.py
+    from_end = fresh and walks_back(out)  # see "Fresh outputs written from their end" in _twins.py
+    if from_end:
         block_rows = walk_block_rows(out, n_features)
-        n_blocks = (n_rows + block_rows - 1) // block_rows
-        for task in prange(n_blocks):
-            start, stop = block_from_end(task, n_blocks, block_rows, n_rows)
-            if sweeps:
-                _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, 0, n_features)
-            else:
-                _normalize_each_row(x, center, scale, shift, relu_like, out, start, stop)
     elif sweeps:
-        task_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
-        for task in prange((n_rows + task_rows - 1) // task_rows):
-            start = task * task_rows
-            _normalize_rows(x, center, scale, shift, relu_like, out, start, min(start + task_rows, n_rows), 0,
-                            n_features)
+        block_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
     else:  # the coefficients stay in L1: row by row
-        for i in prange(n_rows):
-            _normalize_each_row(x, center, scale, shift, relu_like, out, i, i + 1)
+        block_rows = 1
+    n_blocks = (n_rows + block_rows - 1) // block_rows
+    for task in prange(n_blocks):
+        start, stop = block_bounds(task, n_blocks, block_rows, n_rows, from_end)
+        if sweeps:
+            _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, 0, n_features)
+        else:
+            _normalize_each_row(x, center, scale, shift, relu_like, out, start, stop)
 
 
 @twin(TRAIN_STRIPES_THRESHOLD)
@@ -740,21 +737,17 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     part_sums = np.empty((n_parts if summing else 0, n_features))
     # A fresh dx from its end ("Fresh outputs written from their end", _twins.py): the tasks in reverse, each
     # part's rows in blocks from its end. Not with column sums, which add each part's rows in row order.
-    if fresh and not summing and walks_back(dx):
-        n_tasks = n_parts * n_splits
-        for task in prange(n_tasks):
-            part, start, stop, first, last = task_bounds(n_tasks - 1 - task, n_splits, n_rows, n_parts, n_features)
-            block_rows = walk_block_rows(dx, last - first)
-            n_blocks = (stop - start + block_rows - 1) // block_rows
-            for block in range(n_blocks):
-                block_start, block_stop = block_from_end(block, n_blocks, block_rows, stop - start)
-                _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part,
-                               start + block_start, start + block_stop, first, last)
-    else:
-        for task in prange(n_parts * n_splits):
-            part, start, stop, first, last = task_bounds(task, n_splits, n_rows, n_parts, n_features)
-            _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part, start,
-                           stop, first, last)
+    from_end = fresh and not summing and walks_back(dx)
+    n_tasks = n_parts * n_splits
+    for task in prange(n_tasks):
+        part, start, stop, first, last = task_bounds(block_index(task, n_tasks, from_end), n_splits, n_rows, n_parts,
+                                                     n_features)
+        block_rows = walk_block_rows(dx, last - first) if from_end else max(1, stop - start)
+        n_blocks = max(1, (stop - start + block_rows - 1) // block_rows)  # one for an empty part: its sums are zeroed
+        for block in range(n_blocks):
+            block_start, block_stop = block_bounds(block, n_blocks, block_rows, stop - start, from_end)
+            _write_dx_part(dout, x, mean, scale, beta, relu_like, gain, offset, slope, dx, part_sums, part,
+                           start + block_start, start + block_stop, first, last)
     if summing:
         if merge_in_parallel(n_parts, n_features):
             for chunk in prange(n_column_chunks(n_features)):

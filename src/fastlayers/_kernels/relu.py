@@ -16,7 +16,7 @@ from numba import prange, types
 from numba.extending import overload, register_jitable
 
 from ._disk_cache import cached_njit
-from ._twins import block_from_end, flat_blocks, twin, walks_back
+from ._twins import block_bounds, flat_blocks, twin
 
 # Where the parallel twins start to win, in bytes of x (dout for the
 # backward): the passes are bound by memory, and float32 and float64 cross
@@ -57,19 +57,26 @@ def relu_value(value, zero):
 
 
 @register_jitable
-def _relu_forward_span(x, out, mask, zero):
-    if mask.size == 0:
-        for i in range(x.size):
-            out[i] = relu_value(x[i], zero)
-    else:
-        for i in range(x.size):
-            value = x[i]
-            mask[i] = value >= zero
-            out[i] = relu_value(value, zero)
+def _relu_span(x, out, zero):
+    """out = max(x, 0) over two flat arrays (``relu_value``)."""
+    for i in range(x.size):
+        out[i] = relu_value(x[i], zero)
 
 
 @register_jitable
-def _relu_backward_span(dout, kept, dx, one, zero):
+def _relu_mask_span(x, out, mask, zero):
+    """``_relu_span``, recording mask = x >= 0 as well."""
+    for i in range(x.size):
+        value = x[i]
+        mask[i] = value >= zero
+        out[i] = relu_value(value, zero)
+
+
+@register_jitable
+def _relu_backward_span(dout, kept, dx):
+    """dx = dout * passes(kept) over flat arrays."""
+    one = dx.dtype.type(1)
+    zero = dx.dtype.type(0)
     for i in range(dout.size):
         dx[i] = dout[i] * (one if passes(kept[i]) else zero)
 
@@ -78,60 +85,42 @@ def _relu_backward_span(dout, kept, dx, one, zero):
 def _relu_forward(x, out, mask, fresh):
     """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
     not empty (the cache of an in-place forward, whose x is overwritten).
-    ``fresh``: out was just allocated (see "Fresh outputs written from their
-    end" in _twins.py)."""
+    In blocks (``flat_blocks``): from out's end when ``fresh`` (out was just
+    allocated) and large; see "Fresh outputs written from their end" in
+    _twins.py."""
     zero = out.dtype.type(0)
-    if fresh and walks_back(out):
-        n_blocks, block = flat_blocks(out)
-        for task in prange(n_blocks):
-            start, stop = block_from_end(task, n_blocks, block, out.size)
-            _relu_forward_span(x[start:stop], out[start:stop], mask[start:stop], zero)
-        return
-    if mask.size == 0:
-        for i in prange(x.size):
-            out[i] = relu_value(x[i], zero)
-    else:
-        for i in prange(x.size):
-            value = x[i]
-            mask[i] = value >= zero
-            out[i] = relu_value(value, zero)
+    n_blocks, block, from_end = flat_blocks(out, fresh)
+    for task in prange(n_blocks):
+        start, stop = block_bounds(task, n_blocks, block, out.size, from_end)
+        if mask.size == 0:
+            _relu_span(x[start:stop], out[start:stop], zero)
+        else:
+            _relu_mask_span(x[start:stop], out[start:stop], mask[start:stop], zero)
 
 
 @twin(RELU_BACKWARD_THRESHOLD, unit="bytes")
 def _relu_backward(dout, kept, dx, fresh):
     """dx = dout * passes(kept): kept is the forward's x, or its boolean mask;
-    ``fresh`` as for ``_relu_forward``."""
-    one = dx.dtype.type(1)
-    zero = dx.dtype.type(0)
-    if fresh and walks_back(dx):
-        n_blocks, block = flat_blocks(dx)
-        for task in prange(n_blocks):
-            start, stop = block_from_end(task, n_blocks, block, dx.size)
-            _relu_backward_span(dout[start:stop], kept[start:stop], dx[start:stop], one, zero)
-        return
-    for i in prange(dout.size):
-        dx[i] = dout[i] * (one if passes(kept[i]) else zero)
+    in blocks, as ``_relu_forward``."""
+    n_blocks, block, from_end = flat_blocks(dx, fresh)
+    for task in prange(n_blocks):
+        start, stop = block_bounds(task, n_blocks, block, dx.size, from_end)
+        _relu_backward_span(dout[start:stop], kept[start:stop], dx[start:stop])
 
 
 @cached_njit(error_model="numpy")
 def relu_forward_plain(x, out):
-    """``_relu_forward``'s serial loop without the mask, for a C-contiguous
-    x and out of one shape (any number of dimensions): two arguments
-    instead of three, the flat views taken here rather than in Python, and
-    no empty mask to allocate (0.1 of 0.9 us at 64x100 float32: BENCHMARKS.md,
+    """``_relu_forward``'s loop without the mask, for a C-contiguous x and
+    out of one shape (any number of dimensions): two arguments instead of
+    three, the flat views taken here rather than in Python, and no empty
+    mask to allocate (0.1 of 0.9 us at 64x100 float32: BENCHMARKS.md,
     session 22)."""
-    x_flat, out_flat = x.reshape(-1), out.reshape(-1)
-    zero = out.dtype.type(0)
-    for i in range(x_flat.size):
-        out_flat[i] = relu_value(x_flat[i], zero)
-
-
-_relu_backward_serial = _relu_backward.serial
+    _relu_span(x.reshape(-1), out.reshape(-1), out.dtype.type(0))
 
 
 @cached_njit(error_model="numpy")
 def relu_backward_plain(dout, kept, dx):
-    """``_relu_backward``'s serial twin for C-contiguous arrays of one shape
-    (any number of dimensions), the flat views taken here rather than in
+    """``_relu_backward``'s loop for C-contiguous arrays of one shape (any
+    number of dimensions), the flat views taken here rather than in
     Python."""
-    _relu_backward_serial(dout.reshape(-1), kept.reshape(-1), dx.reshape(-1), False)
+    _relu_backward_span(dout.reshape(-1), kept.reshape(-1), dx.reshape(-1))

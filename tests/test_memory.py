@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import fastlayers as fl
 from fastlayers._kernels._twins import WALK_BACK_MIN_BYTES
-from fastlayers._memory import LINE_BYTES, PAGE_BYTES, page_offset_apart
+from fastlayers._memory import _MINCORE, LINE_BYTES, PAGE_BYTES, fresh_pages, page_offset_apart
 
 from conftest import DTYPES, bitwise_equal
 
@@ -141,3 +141,14 @@ def test_fresh_outputs_written_from_their_end_get_the_same_bits(path, rng, dtype
     assert bitwise_equal(out, fl.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=into)[0])
     dx = fl.batchnorm_backward(dout, cache)[0]
     assert bitwise_equal(dx, fl.batchnorm_backward(dout, cache, dx=into)[0])
+
+
+def test_fresh_pages_tells_a_new_mapping_from_memory_in_use():
+    # Only outputs of WALK_BACK_MIN_BYTES or more whose last page is not in
+    # memory yet (malloc has just mapped them) are written from their end.
+    assert not fresh_pages(np.empty(WALK_BACK_MIN_BYTES - 1, np.uint8))
+    mapped = np.empty(WALK_BACK_MIN_BYTES, np.uint8)
+    assert fresh_pages(mapped)
+    mapped[-1] = 1
+    # Where there is no mincore to ask, an output that large counts as fresh.
+    assert fresh_pages(mapped) == (_MINCORE is None)

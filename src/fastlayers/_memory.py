@@ -25,15 +25,50 @@ allocated once for ``out=`` pays that once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import mmap
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._kernels._twins import LINE_BYTES
+from ._kernels._twins import LINE_BYTES, WALK_BACK_MIN_BYTES
 from ._validation import data_address
 
 PAGE_BYTES = 4096
+
+
+def _load_mincore() -> Callable[..., int] | None:
+    """The C library's ``mincore``, where there is one (Linux, macOS)."""
+    try:
+        mincore = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError, TypeError):  # no C library to open by None (Windows), or no mincore
+        return None
+    mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    mincore.restype = ctypes.c_int
+    return mincore
+
+
+_MINCORE = _load_mincore()
+
+
+def fresh_pages(array: np.ndarray) -> bool:
+    """Whether a pass should write ``array``, an output just allocated, from
+    its end: it is WALK_BACK_MIN_BYTES or more, and its last page is not in
+    memory yet, as in a block malloc has just mapped from the system (see
+    "Fresh outputs written from their end" in _kernels/_twins.py). Memory
+    malloc reuses (under ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0``, say)
+    is in memory already, and front to back is faster there. Where there
+    is no ``mincore``, an allocation that large is taken as fresh."""
+    if array.nbytes < WALK_BACK_MIN_BYTES:
+        return False
+    if _MINCORE is None:
+        return True
+    last = data_address(array) + array.nbytes - 1
+    status = ctypes.c_ubyte(0)
+    if _MINCORE(last - last % mmap.PAGESIZE, 1, ctypes.byref(status)) != 0:
+        return True
+    return not status.value & 1
 
 
 def page_offset_apart(offsets: Sequence[int]) -> int:

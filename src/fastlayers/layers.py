@@ -43,6 +43,7 @@ from ._kernels.batchnorm import (
     update_running,
 )
 from ._kernels.relu import _relu_backward, _relu_forward, relu_backward_plain, relu_forward_plain
+from ._memory import fresh_pages
 from ._validation import (
     FLOAT32,
     FLOAT64,
@@ -421,10 +422,10 @@ def relu_forward(x: ArrayLike, *, out: Any = None) -> tuple[FloatArray, Any]:
             if _relu_forward.small(xa.nbytes):  # the serial twin's short entry: 0.2 of 2 us at 64x100
                 relu_forward_plain(xa, result)
             else:
-                _relu_forward(xa.nbytes, xa.ravel(), result.ravel(), NO_MASK_1D, True)
+                _relu_forward(xa.nbytes, xa.ravel(), result.ravel(), NO_MASK_1D, fresh_pages(result))
             return result, x
         x_flat, _, result, out_flat = _flat_pair(xa, xa, xa.dtype)
-        _relu_forward(xa.nbytes, x_flat, out_flat, NO_MASK_1D, True)
+        _relu_forward(xa.nbytes, x_flat, out_flat, NO_MASK_1D, fresh_pages(result))
         return result, x
     (result,), in_place = prepare_outputs(func, (("out", out, xa.shape, xa.dtype),), lambda: {"x": xa},
                                         (("out", "x"),))
@@ -486,7 +487,7 @@ def relu_backward(dout: ArrayLike, cache: Any, *, dx: Any = None) -> FloatArray:
         check_shape(douta, kept.shape, func, "dout", "the cache (relu_forward's x of shape {})", kept.shape)
     if dx is None:
         dout_flat, kept_flat, result, dx_flat = _flat_pair(douta, kept, douta.dtype)
-        _relu_backward(douta.nbytes, dout_flat, kept_flat, dx_flat, True)
+        _relu_backward(douta.nbytes, dout_flat, kept_flat, dx_flat, fresh_pages(result))
         return result
     (result,), _ = prepare_outputs(func, (("dx", dx, douta.shape, douta.dtype),),
                                    lambda: {"dout": douta, "cache": kept},
@@ -573,6 +574,7 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
     fresh = out is None
     if fresh:  # np.empty without prepare_outputs' call: 0.2 us instead of 0.5
         out = np.empty((n, d), dtype)
+        fresh = fresh_pages(out)
     else:
         (out,), _ = prepare_outputs(
             func, (("out", out, (n, d), dtype),),
@@ -806,7 +808,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
         return dx, dgamma, dbeta
     n_splits = n_column_splits(n_parts, d)
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
-    outputs = (n_parts, n_splits, dx, dgamma, dbeta, column_sums, fresh)
+    outputs = (n_parts, n_splits, dx, dgamma, dbeta, column_sums, fresh and fresh_pages(dx))
     sums = np.empty((2, d))
     work = parted_work(n_parts, n_splits, n * d)
     if cache.comm is None:

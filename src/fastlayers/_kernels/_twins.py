@@ -460,10 +460,11 @@ def elements_before_line(a, start: int, count: int) -> int:
 # float64 11.89/10.53, 14.02/11.37, 14.23/11.41, 21.71/17.14. Blocks (the
 # ReLU forward alone, float32): 16 KiB 5.26, 64 KiB 4.29, 256 KiB 4.05,
 # 1 MiB 3.96 against 5.67 front to back; in a second run 256 KiB 5.17,
-# 1 MiB 5.35, 2 MiB 5.58, 4 MiB 6.20 against 6.35. Into reused outputs
-# (out=, dx=) the walk from the end lost 2-15% (65536x512 float32
+# 1 MiB 5.35, 2 MiB 5.58, 4 MiB 6.20 against 6.35. Into memory already in
+# use (out=, dx=) the walk from the end lost 2-15% (65536x512 float32
 # batch-norm forward 10.93 -> 12.55), so the layers ask for it (``fresh``)
-# only for outputs they allocate themselves.
+# only for outputs they have just allocated and whose last page is not in
+# memory yet (``_memory.fresh_pages``).
 WALK_BACK_MIN_BYTES = 32 << 20
 WALK_BLOCK_BYTES = 256 << 10
 
@@ -475,10 +476,14 @@ def walks_back(a) -> bool:
 
 
 # A flat pass front to back runs in FLAT_BLOCKS blocks, which any thread
-# count shares out evenly (as a loop over the elements would be): measured
-# free, the ReLU forward's parallel twin at 192 Ki and 1 Mi elements
-# taking the same time, within 1%, as a loop over the elements (16, 64 or
-# 256 blocks; session 29).
+# count shares out evenly, as it would a loop over the elements; one loop
+# over blocks in either order keeps each pass a single parallel loop (two
+# loops took the cold compile from 114-116 s to 139-142 s; one, 124.5 s).
+# Blocks measured free (the ReLU forward's parallel twin, 2 threads,
+# median of 9 blocks of 201, us, over the elements / 16, 64, 256 blocks):
+# 192 Ki elements float32 13.8 / 13.4, 15.7, 13.9, float64 22.7 / 22.3,
+# 22.6, 22.5; 1 Mi float32 49.9 / 49.4, 49.6, 49.9, float64 99.3 / 99.8,
+# 98.8, 99.1 (session 29).
 FLAT_BLOCKS = 64
 
 

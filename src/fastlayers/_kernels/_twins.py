@@ -444,12 +444,14 @@ def elements_before_line(a, start: int, count: int) -> int:
 # 32 MiB or more anew (its mmap threshold grows with freed mappings up to
 # 32 MiB on 64-bit systems), so an output the layers allocate at that size
 # is untouched memory: the first write to each page faults, and the kernel
-# zeroes the whole page (2 MiB under NumPy's huge pages) front to back
-# before the write goes on. The page's end is then in the core's cache and
-# its start already evicted. So the passes that write such an output (the
-# ReLU passes, the normalise, the backward's dx without column sums) take
-# it in blocks of WALK_BLOCK_BYTES from its end, each block front to back:
-# each thread's share of the blocks, from its end. The bench's copy does
+# zeroes the whole page (2 MiB under NumPy's huge pages) before the write
+# goes on. Writing such an output from its end measured faster, as it
+# would if the zeroing runs front to back and leaves the page's end, not
+# its start, in the core's cache (not traced in the kernel's source). So
+# the passes that write such an output (the ReLU passes, the normalise,
+# the backward's dx without column sums) take it in blocks of
+# WALK_BLOCK_BYTES from its end, each block front to back: each thread's
+# share of the blocks, from its end. The bench's copy does
 # the same: glibc's memcpy copies backwards when the two arrays share a
 # page offset, as two fresh mappings do (to avoid 4K aliasing), which is
 # why its first touch cost less than any forward loop's (session 27). The

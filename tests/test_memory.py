@@ -3,6 +3,7 @@ apart from the kernel's inputs within a page (``fastlayers._memory``)."""
 
 from __future__ import annotations
 
+import mmap
 from itertools import pairwise
 
 import numpy as np
@@ -147,7 +148,9 @@ def test_fresh_pages_tells_a_new_mapping_from_memory_in_use():
     # Only outputs of WALK_BACK_MIN_BYTES or more whose last page is not in
     # memory yet (malloc has just mapped them) are written from their end.
     assert not fresh_pages(np.empty(WALK_BACK_MIN_BYTES - 1, np.uint8))
-    mapped = np.empty(WALK_BACK_MIN_BYTES, np.uint8)
+    # A mapping of its own, as malloc makes for such a size (unless told
+    # otherwise, e.g. by GLIBC_TUNABLES=glibc.malloc.mmap_max=0).
+    mapped = np.frombuffer(mmap.mmap(-1, WALK_BACK_MIN_BYTES), np.uint8)
     assert fresh_pages(mapped)
     mapped[-1] = 1
     # Where there is no mincore to ask, an output that large counts as fresh.

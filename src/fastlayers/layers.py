@@ -571,8 +571,8 @@ def batchnorm_apply(func: str, xa: np.ndarray, args: dict[str, Any], bn_param: M
         xa, gamma_a, beta_a, running_mean, running_var)
     # In test mode an in-place call is exact (each element is read before it
     # is written); in train mode the cache keeps x, which out would overwrite.
-    fresh = out is None
-    if fresh:  # np.empty without prepare_outputs' call: 0.2 us instead of 0.5
+    fresh = False  # whether out is a new mapping, written from its end
+    if out is None:  # np.empty without prepare_outputs' call: 0.2 us instead of 0.5
         out = np.empty((n, d), dtype)
         fresh = fresh_pages(out)
     else:
@@ -788,8 +788,8 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
     relu = relu_column_sums is not None
     # dx may be dout or x itself: the second pass reads each element of both
     # before it writes it; the first pass has read all of dout by then.
-    fresh = dx is None
-    if fresh and dgamma is None and dbeta is None:  # without prepare_outputs' call: 0.5 us instead of 1.0
+    allocating_dx = dx is None
+    if allocating_dx and dgamma is None and dbeta is None:  # without prepare_outputs' call: 0.5 us instead of 1.0
         dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, douta.dtype)
     else:
         (dx, dgamma, dbeta), _ = prepare_outputs(
@@ -808,7 +808,7 @@ def batchnorm_gradients(func: str, dout: ArrayLike, cache: BatchNormCache, dx: A
         return dx, dgamma, dbeta
     n_splits = n_column_splits(n_parts, d)
     saved = (cache.x, cache.mean, cache.var, cache.gamma, cache.beta, cache.eps, relu_like, cache.n_total)
-    outputs = (n_parts, n_splits, dx, dgamma, dbeta, column_sums, fresh and fresh_pages(dx))
+    outputs = (n_parts, n_splits, dx, dgamma, dbeta, column_sums, allocating_dx and fresh_pages(dx))
     sums = np.empty((2, d))
     work = parted_work(n_parts, n_splits, n * d)
     if cache.comm is None:

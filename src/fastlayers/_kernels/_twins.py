@@ -451,11 +451,11 @@ def elements_before_line(a, start: int, count: int) -> int:
 # the passes that write such an output (the ReLU passes, the normalise,
 # the backward's dx without column sums) take it in blocks of
 # WALK_BLOCK_BYTES from its end, each block front to back: each thread's
-# share of the blocks, from its end. The bench's copy does
-# the same: glibc's memcpy copies backwards when the two arrays share a
-# page offset, as two fresh mappings do (to avoid 4K aliasing), which is
-# why its first touch cost less than any forward loop's (session 27). The
-# same elements are computed by the same expressions: the same bits.
+# share of the blocks, from its end. The bench's copy does the same:
+# glibc's memcpy copies backwards when the two arrays share a page offset,
+# as two fresh mappings do (to avoid 4K aliasing), which is why its first
+# touch cost less than any forward loop's (session 27). The same elements
+# are computed by the same expressions: the same bits.
 # Measured (session 29, 2 threads, public calls, 4096x4096, fresh outputs,
 # ms, front to back / from the end): float32 ReLU forward 5.33/3.67,
 # backward 6.07/4.62, batch-norm forward 7.90/6.49, backward 11.51/9.36;
@@ -466,15 +466,10 @@ def elements_before_line(a, start: int, count: int) -> int:
 # use (out=, dx=) the walk from the end lost 2-15% (65536x512 float32
 # batch-norm forward 10.93 -> 12.55), so the layers ask for it (``fresh``)
 # only for outputs they have just allocated and whose last page is not in
-# memory yet (``_memory.fresh_pages``).
+# memory yet (``_memory.fresh_pages``, which also applies the size: the
+# kernels take its answer as it is).
 WALK_BACK_MIN_BYTES = 32 << 20
 WALK_BLOCK_BYTES = 256 << 10
-
-
-@numba.njit(inline="always")
-def walks_back(a) -> bool:
-    """Whether a pass writes ``a``, if fresh, from its end."""
-    return a.size * a.itemsize >= WALK_BACK_MIN_BYTES
 
 
 # A flat pass front to back runs in FLAT_BLOCKS blocks, which any thread
@@ -490,15 +485,12 @@ FLAT_BLOCKS = 64
 
 
 @numba.njit(inline="always")
-def flat_blocks(a, fresh: bool) -> tuple[int, int, bool]:
-    """(block count, elements a block, whether from the end) of a pass that
-    writes the flat array ``a``: blocks of WALK_BLOCK_BYTES from its end
-    when ``fresh`` (just allocated) and ``walks_back``, else FLAT_BLOCKS."""
-    if fresh and walks_back(a):
-        block = WALK_BLOCK_BYTES // a.itemsize
-        return (a.size + block - 1) // block, block, True
-    block = max(1, (a.size + FLAT_BLOCKS - 1) // FLAT_BLOCKS)
-    return (a.size + block - 1) // block, block, False
+def flat_blocks(a, fresh: bool) -> tuple[int, int]:
+    """(block count, elements a block) of a pass that writes the flat array
+    ``a``: blocks of WALK_BLOCK_BYTES, taken from its end, when ``fresh``
+    (``_memory.fresh_pages``), else FLAT_BLOCKS."""
+    block = WALK_BLOCK_BYTES // a.itemsize if fresh else max(1, (a.size + FLAT_BLOCKS - 1) // FLAT_BLOCKS)
+    return (a.size + block - 1) // block, block
 
 
 @numba.njit(inline="always")

@@ -31,7 +31,6 @@ from ._twins import (
     task_bounds,
     twin,
     walk_block_rows,
-    walks_back,
 )
 from .relu import passes, relu_value
 
@@ -400,15 +399,15 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out, fresh
     are loaded once per four rows (measured, 256x4096 serial, us, row by
     row / four rows: float32 288/191, float64 620/381). The per-feature
     scale is computed here (O(D), float64) so that the Python layer makes
-    no NumPy calls of its own for it. ``fresh``: out was just allocated
-    (see "Fresh outputs written from their end" in _twins.py).
+    no NumPy calls of its own for it. ``fresh``: out is a new mapping
+    (``_memory.fresh_pages``), written from its end (see "Fresh outputs
+    written from their end" in _twins.py).
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps)
     shift = beta.astype(np.float64)  # converted once here rather than per element: the same bits
     sweeps = n_features >= SWEEP_MIN_FEATURES
-    from_end = fresh and walks_back(out)  # see "Fresh outputs written from their end" in _twins.py
-    if from_end:
+    if fresh:
         block_rows = walk_block_rows(out, n_features)
     elif sweeps:
         block_rows = max(4, NORMALIZE_TASK_ELEMENTS // n_features // 4 * 4)
@@ -416,7 +415,7 @@ def _batchnorm_normalize(x, center, var, gamma, beta, eps, relu_like, out, fresh
         block_rows = 1
     n_blocks = (n_rows + block_rows - 1) // block_rows
     for task in prange(n_blocks):
-        start, stop = block_bounds(task, n_blocks, block_rows, n_rows, from_end)
+        start, stop = block_bounds(task, n_blocks, block_rows, n_rows, fresh)
         if sweeps:
             _normalize_rows(x, center, scale, shift, relu_like, out, start, stop, 0, n_features)
         else:
@@ -706,8 +705,8 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     gradient of an affine layer below), by the same parts as
     ``affine_backward``'s db. One process passes both flags: one call.
     Both passes run over n_parts row parts x n_splits column ranges, as
-    ``_batchnorm_stats``. ``fresh``: dx was just allocated (see "Fresh
-    outputs written from their end" in _twins.py).
+    ``_batchnorm_stats``. ``fresh``: dx is a new mapping, as for
+    ``_batchnorm_normalize``.
     """
     n_rows, n_features = x.shape
     scale = _scales(gamma, var, eps) if relu_like is not None else np.empty(0)
@@ -737,7 +736,7 @@ def _batchnorm_backward(dout, x, mean, var, gamma, beta, eps, relu_like, n_total
     part_sums = np.empty((n_parts if summing else 0, n_features))
     # A fresh dx from its end ("Fresh outputs written from their end", _twins.py): the tasks in reverse, each
     # part's rows in blocks from its end. Not with column sums, which add each part's rows in row order.
-    from_end = fresh and not summing and walks_back(dx)
+    from_end = fresh and not summing
     n_tasks = n_parts * n_splits
     for task in prange(n_tasks):
         part, start, stop, first, last = task_bounds(block_index(task, n_tasks, from_end), n_splits, n_rows, n_parts,

@@ -85,13 +85,13 @@ def _relu_backward_span(dout, kept, dx):
 def _relu_forward(x, out, mask, fresh):
     """out = max(x, 0) with NaN and -0.0 passed; mask = x >= 0 when mask is
     not empty (the cache of an in-place forward, whose x is overwritten).
-    In blocks (``flat_blocks``): from out's end when ``fresh`` (out was just
-    allocated) and large; see "Fresh outputs written from their end" in
-    _twins.py."""
+    In blocks (``flat_blocks``): from out's end when ``fresh`` (out is a new
+    mapping, ``_memory.fresh_pages``); see "Fresh outputs written from their
+    end" in _twins.py."""
     zero = out.dtype.type(0)
-    n_blocks, block, from_end = flat_blocks(out, fresh)
+    n_blocks, block = flat_blocks(out, fresh)
     for task in prange(n_blocks):
-        start, stop = block_bounds(task, n_blocks, block, out.size, from_end)
+        start, stop = block_bounds(task, n_blocks, block, out.size, fresh)
         if mask.size == 0:
             _relu_span(x[start:stop], out[start:stop], zero)
         else:
@@ -102,9 +102,9 @@ def _relu_forward(x, out, mask, fresh):
 def _relu_backward(dout, kept, dx, fresh):
     """dx = dout * passes(kept): kept is the forward's x, or its boolean mask;
     in blocks, as ``_relu_forward``."""
-    n_blocks, block, from_end = flat_blocks(dx, fresh)
+    n_blocks, block = flat_blocks(dx, fresh)
     for task in prange(n_blocks):
-        start, stop = block_bounds(task, n_blocks, block, dx.size, from_end)
+        start, stop = block_bounds(task, n_blocks, block, dx.size, fresh)
         _relu_backward_span(dout[start:stop], kept[start:stop], dx[start:stop])
 
 
